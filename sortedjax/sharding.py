@@ -1,0 +1,206 @@
+"""Device meshes from a ``--mesh`` spec, one logical-axis rules table, simulated CPU devices.
+
+Parameters carry *logical* axis names only (``("embed", "mlp")``); :data:`RULES` maps each
+name to a mesh axis. Everything else (``state_shardings``, ``batch_sharding``) is derived
+from that one table, so changing the parallelism layout is a one-line edit here.
+
+Mesh spec grammar (the ``--mesh`` flag of every experiment):
+
+* ``"8"``                      -> 8-way FSDP: ``{"data": 1, "fsdp": 8, "tensor": 1}``
+* ``"data:2,fsdp:4,tensor:1"`` -> explicit sizes; omitted axes are 1.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES: tuple[str, ...] = ("data", "fsdp", "tensor")
+
+# The one logical-axis rules table. A logical name maps to a mesh axis, a tuple of mesh
+# axes, or None (replicated). Names not listed here are replicated.
+RULES: dict[str, str | tuple[str, ...] | None] = {
+    "batch": ("data", "fsdp"),  # activations: batch is split over every data-parallel axis
+    "embed": "fsdp",  # model dim of weights: FSDP shards it
+    "vocab": "tensor",
+    "mlp": "tensor",  # hidden width of MLPs (SortedNet width dimension)
+    "heads": "tensor",
+    "kv_heads": "tensor",
+    "head_dim": None,
+    "layers": None,  # stacked-layer axis of scanned blocks
+    "rank": None,  # LoRA rank
+    "channels": "tensor",
+    "in": None,
+    "classes": None,
+    "length": None,
+}
+
+
+def param(value: jax.Array, names: Sequence[str | None]) -> nnx.Param:
+    """An ``nnx.Param`` annotated with logical axis names (no eager placement)."""
+    if len(names) != np.ndim(value):
+        raise ValueError(
+            f"logical names {tuple(names)} do not match parameter shape {np.shape(value)}"
+        )
+    return nnx.Param(value, out_sharding=tuple(names), eager_sharding=False)
+
+
+def parse_mesh_spec(spec: str | int | Mapping[str, int]) -> dict[str, int]:
+    """Parse ``"8"`` or ``"data:2,fsdp:4,tensor:1"`` into ``{axis: size}`` over MESH_AXES."""
+    if isinstance(spec, Mapping):
+        items = dict(spec)
+    else:
+        text = str(spec).strip()
+        if not text:
+            raise ValueError("empty --mesh spec; use e.g. '8' or 'data:2,fsdp:4,tensor:1'")
+        if ":" not in text:
+            try:
+                return {"data": 1, "fsdp": _positive(int(text), "fsdp"), "tensor": 1}
+            except ValueError as e:
+                raise ValueError(
+                    f"bad --mesh spec {text!r}: expected an integer (FSDP size) or "
+                    f"'axis:size,...' with axes {MESH_AXES}"
+                ) from e
+        items = {}
+        for part in text.split(","):
+            name, _, size = part.partition(":")
+            name = name.strip()
+            try:
+                items[name] = int(size)
+            except ValueError as e:
+                raise ValueError(f"bad size {size!r} for mesh axis {name!r} in {text!r}") from e
+    unknown = [k for k in items if k not in MESH_AXES]
+    if unknown:
+        raise ValueError(f"unknown mesh axis {unknown[0]!r}; allowed axes are {MESH_AXES}")
+    return {a: _positive(items.get(a, 1), a) for a in MESH_AXES}
+
+
+def _positive(n: int, name: str) -> int:
+    if n < 1:
+        raise ValueError(f"mesh axis {name!r} must have size >= 1, got {n}")
+    return n
+
+
+def _backends_started() -> bool:
+    from jax._src import xla_bridge
+
+    return xla_bridge.backends_are_initialized()
+
+
+def ensure_devices(n: int) -> None:
+    """Make at least ``n`` devices available, simulating CPU devices if needed.
+
+    Must run before JAX starts its backends (i.e. before the first array is created).
+    Raises ``ValueError`` when there are fewer than ``n`` devices and it is too late.
+    """
+    if n < 1:
+        raise ValueError(f"device count must be >= 1, got {n}")
+    if _backends_started():
+        have = jax.device_count()
+        if have < n:
+            raise ValueError(
+                f"mesh needs {n} devices but only {have} exist and JAX backends are already "
+                f"initialized, so simulated CPU devices can no longer be created; call "
+                f"sortedjax.sharding.ensure_devices({n}) before any JAX computation, or set "
+                f"XLA_FLAGS=--xla_force_host_platform_device_count={n} (allowed: 1..{have})"
+            )
+        return
+    platforms = os.environ.get("JAX_PLATFORMS", "")
+    # Only the CPU backend can be multiplied; accelerators report what they have.
+    if platforms in ("", "cpu") or "cpu" in platforms.split(","):
+        current = jax.config.jax_num_cpu_devices
+        if current is None or current < n:
+            jax.config.update("jax_num_cpu_devices", n)
+
+
+def make_mesh(spec: str | int | Mapping[str, int] = "1") -> Mesh:
+    """A mesh with axes ``("data", "fsdp", "tensor")`` sized as ``spec`` says."""
+    sizes = parse_mesh_spec(spec)
+    n = math.prod(sizes.values())
+    ensure_devices(n)
+    devices = jax.devices()
+    if len(devices) < n:
+        raise ValueError(f"mesh {sizes} needs {n} devices, only {len(devices)} available")
+    grid = np.asarray(devices[:n]).reshape([sizes[a] for a in MESH_AXES])
+    return Mesh(grid, MESH_AXES)
+
+
+def logical_to_spec(
+    names: Sequence[str | None] | None, shape: Sequence[int] | None = None, mesh: Mesh | None = None
+) -> PartitionSpec:
+    """Map logical axis names to a PartitionSpec through :data:`RULES`.
+
+    With ``shape`` and ``mesh`` given, a dimension that the mesh axes do not divide is
+    replicated instead (tiny test models on 8 devices), and a mesh axis is used once only.
+    """
+    if not names:
+        return PartitionSpec()
+    used: set[str] = set()
+    out = []
+    for i, name in enumerate(names):
+        axes = RULES.get(name) if name is not None else None
+        if axes is None:
+            out.append(None)
+            continue
+        axes_t = (axes,) if isinstance(axes, str) else tuple(axes)
+        if mesh is not None:
+            axes_t = tuple(a for a in axes_t if a in mesh.shape and mesh.shape[a] > 1)
+        axes_t = tuple(a for a in axes_t if a not in used)
+        if shape is not None and mesh is not None and axes_t:
+            size = math.prod(mesh.shape[a] for a in axes_t)
+            if shape[i] % size:
+                axes_t = ()
+        used.update(axes_t)
+        out.append(None if not axes_t else axes_t[0] if len(axes_t) == 1 else axes_t)
+    return PartitionSpec(*out)
+
+
+def _names_of(x) -> tuple | None:
+    if isinstance(x, nnx.Variable):
+        return x.get_metadata().get("out_sharding")
+    return None
+
+
+def state_shardings(state, mesh: Mesh):
+    """NamedShardings for an nnx State (or any pytree of Variables / arrays).
+
+    Variables annotated with logical names are sharded by :data:`RULES`; everything else
+    (optimizer counters, RNG keys, un-annotated arrays) is replicated.
+    """
+
+    def one(x):
+        if isinstance(x, nnx.Variable):
+            value = x.get_value()
+            spec = logical_to_spec(_names_of(x), np.shape(value), mesh)
+            return x.replace(NamedSharding(mesh, spec))
+        return NamedSharding(mesh, PartitionSpec())
+
+    return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
+    """Shard the leading (batch) dimension over the data-parallel axes."""
+    return NamedSharding(mesh, logical_to_spec(("batch",) + (None,) * (ndim - 1), None, mesh))
+
+
+def shard_batch(batch, mesh: Mesh | None):
+    """Place a host batch (pytree of arrays) on the mesh, batch axis split when divisible."""
+    if mesh is None:
+        return jax.tree.map(jax.numpy.asarray, batch)
+
+    def put(x):
+        x = np.asarray(x)
+        spec = logical_to_spec(("batch",) + (None,) * (x.ndim - 1), x.shape, mesh) if x.ndim else PartitionSpec()
+        return jax.device_put(x, NamedSharding(mesh, spec))
+
+    return jax.tree.map(put, batch)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
