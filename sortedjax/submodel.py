@@ -1,0 +1,203 @@
+"""Sub-model descriptors and pools, sampled inside jit.
+
+A :class:`SubModel` is a pytree of int32 scalars, one per dimension a model supports
+(``depth``, ``width``, ``heads``, ``rank``); a dimension a model does not truncate is
+``None``. Because the sizes are *data* (not static), changing the sub-model never
+recompiles a jitted step.
+
+A :class:`Pool` says which sub-models are trained and how often:
+
+* per dimension (:class:`Dim`): a support set plus a distribution (``"uniform"``,
+  ``"geometric"`` with parameter ``p`` -- weight ``p (1-p)^i`` for the ``i``-th element of
+  the support in the order given, renormalised -- or explicit ``weights``); dimensions are
+  drawn independently;
+* or as an explicit list of configurations (:meth:`Pool.from_configs`), optionally weighted.
+
+``pool.sample(key)`` draws one sub-model per step (shared by the whole batch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+DIMS: tuple[str, ...] = ("depth", "width", "heads", "rank")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class SubModel:
+    """Sizes of one origin-tied sub-model; each field an int32 scalar or None (= full)."""
+
+    depth: jax.Array | None = None
+    width: jax.Array | None = None
+    heads: jax.Array | None = None
+    rank: jax.Array | None = None
+
+    @classmethod
+    def of(cls, **sizes) -> SubModel:
+        unknown = set(sizes) - set(DIMS)
+        if unknown:
+            raise ValueError(f"unknown sub-model dimension {sorted(unknown)[0]!r}; allowed: {DIMS}")
+        return cls(**{k: None if v is None else jnp.asarray(v, jnp.int32) for k, v in sizes.items()})
+
+    def replace(self, **sizes) -> SubModel:
+        return dataclasses.replace(
+            self, **{k: None if v is None else jnp.asarray(v, jnp.int32) for k, v in sizes.items()}
+        )
+
+    def as_dict(self) -> dict[str, int]:
+        """Concrete sizes as Python ints (outside jit)."""
+        return {k: int(v) for k in DIMS if (v := getattr(self, k)) is not None}
+
+
+def _probs(support: tuple[int, ...], distribution: str, p: float | None, weights) -> np.ndarray:
+    n = len(support)
+    if distribution == "uniform":
+        w = np.ones(n)
+    elif distribution == "geometric":
+        if p is None or not 0.0 < p <= 1.0:
+            raise ValueError(f"geometric distribution needs 0 < p <= 1, got p={p}")
+        w = p * (1.0 - p) ** np.arange(n)
+    elif distribution == "weights":
+        w = np.asarray(weights, np.float64)
+        if w.shape != (n,) or np.any(w < 0) or not np.isfinite(w).all() or w.sum() <= 0:
+            raise ValueError(
+                f"weights must be {n} finite non-negative numbers with a positive sum, got {weights}"
+            )
+    else:
+        raise ValueError(
+            f"unknown distribution {distribution!r}; allowed: 'uniform', 'geometric', 'weights'"
+        )
+    return w / w.sum()
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Dim:
+    """One dimension of a pool: a support set and a distribution over it."""
+
+    support: tuple[int, ...]
+    distribution: str = "uniform"
+    p: float | None = None
+    weights: tuple[float, ...] | None = None
+
+    def __post_init__(self):
+        support = tuple(int(s) for s in self.support)
+        if not support:
+            raise ValueError("a pool dimension needs a non-empty support")
+        if min(support) < 1:
+            raise ValueError(f"support sizes must be >= 1, got {support}")
+        object.__setattr__(self, "support", support)
+        if self.distribution == "weights" or self.weights is not None:
+            object.__setattr__(self, "distribution", "weights")
+        _probs(support, self.distribution, self.p, self.weights)  # validate
+
+    @property
+    def probs(self) -> np.ndarray:
+        return _probs(self.support, self.distribution, self.p, self.weights)
+
+    @classmethod
+    def range(cls, lo: int, hi: int, **kw) -> Dim:
+        """Support ``lo..hi`` inclusive."""
+        if lo > hi:
+            raise ValueError(f"empty range {lo}..{hi}")
+        return cls(support=tuple(range(lo, hi + 1)), **kw)
+
+
+class Pool:
+    """The set of sub-models to train and the distribution to draw them from."""
+
+    def __init__(
+        self,
+        dims: Mapping[str, Dim] | None = None,
+        *,
+        configs: Sequence[Mapping[str, int]] | None = None,
+        weights: Sequence[float] | None = None,
+    ):
+        if (dims is None) == (configs is None):
+            raise ValueError("give exactly one of dims=... or configs=...")
+        if dims is not None:
+            unknown = set(dims) - set(DIMS)
+            if unknown:
+                raise ValueError(f"unknown pool dimension {sorted(unknown)[0]!r}; allowed: {DIMS}")
+            self.names = tuple(d for d in DIMS if d in dims)
+            self.dims = {k: dims[k] for k in self.names}
+            self._configs = None
+        else:
+            if not configs:
+                raise ValueError("configs must be a non-empty list of {dimension: size}")
+            names = set(configs[0])
+            for c in configs:
+                if set(c) != names:
+                    raise ValueError(f"every config must name the same dimensions; got {dict(c)}")
+                for k, v in c.items():
+                    if k not in DIMS:
+                        raise ValueError(f"unknown pool dimension {k!r}; allowed: {DIMS}")
+                    if int(v) < 1:
+                        raise ValueError(f"config size {k}={v} must be >= 1")
+            self.names = tuple(d for d in DIMS if d in names)
+            self.dims = None
+            self._configs = np.asarray([[int(c[k]) for k in self.names] for c in configs], np.int32)
+            self._config_probs = _probs(
+                tuple(range(len(configs))), "uniform" if weights is None else "weights", None, weights
+            )
+
+    @classmethod
+    def from_configs(cls, configs, weights=None) -> Pool:
+        return cls(configs=configs, weights=weights)
+
+    def max(self) -> dict[str, int]:
+        """The largest size of each dimension (the full model within the pool)."""
+        if self.dims is not None:
+            return {k: max(d.support) for k, d in self.dims.items()}
+        return {k: int(self._configs[:, i].max()) for i, k in enumerate(self.names)}
+
+    def full(self) -> SubModel:
+        return SubModel.of(**self.max())
+
+    def sample(self, key: jax.Array) -> SubModel:
+        """Draw one sub-model (jit-compatible; sizes come out as traced int32 scalars)."""
+        if self.dims is not None:
+            keys = jax.random.split(key, len(self.names))
+            out = {}
+            for k, name in zip(keys, self.names):
+                d = self.dims[name]
+                out[name] = jax.random.choice(
+                    k, jnp.asarray(d.support, jnp.int32), p=jnp.asarray(d.probs, jnp.float32)
+                )
+            return SubModel(**out)
+        i = jax.random.choice(key, len(self._configs), p=jnp.asarray(self._config_probs, jnp.float32))
+        row = jnp.asarray(self._configs)[i]
+        return SubModel(**{name: row[j] for j, name in enumerate(self.names)})
+
+    def configs(self) -> list[dict[str, int]]:
+        """Every sub-model in the pool (Cartesian product of supports for per-dim pools)."""
+        if self.dims is not None:
+            combos = itertools.product(*(self.dims[n].support for n in self.names))
+            return [dict(zip(self.names, c)) for c in combos]
+        return [dict(zip(self.names, map(int, row))) for row in self._configs]
+
+    def stacked(self) -> SubModel:
+        """All configs as one SubModel whose fields are int32 vectors (for ``lax.map``)."""
+        cfgs = self.configs()
+        return SubModel(**{n: jnp.asarray([c[n] for c in cfgs], jnp.int32) for n in self.names})
+
+    def targeted(self, sub: SubModel) -> list[SubModel]:
+        """The sub-models targeted by ``sub`` along each dimension.
+
+        Along dimension ``d`` the targeted sub-model keeps ``sub``'s size in ``d`` and takes
+        the pool maximum in every other dimension (thesis Algorithm 2, stochastic summation).
+        """
+        full = self.max()
+        out = []
+        for name in self.names:
+            sizes = {n: full[n] for n in self.names}
+            kw = {n: jnp.asarray(v, jnp.int32) for n, v in sizes.items()}
+            kw[name] = getattr(sub, name)
+            out.append(SubModel(**kw))
+        return out

@@ -1,0 +1,103 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from sortedjax import lora
+from sortedjax.models.mlp import MLPConfig, SortedMLP
+from sortedjax.submodel import SubModel
+
+
+def _sliced_dense(model, k, n):
+    """A smaller dense SortedMLP (hidden=k, num_blocks=n) built from sliced weights."""
+    c = model.cfg
+    small = SortedMLP(MLPConfig(in_dim=c.in_dim, hidden=k, out_dim=c.out_dim, num_blocks=n), rngs=nnx.Rngs(9))
+    small.w_in[...] = model.w_in[...][:, :k]
+    small.b_in[...] = model.b_in[...][:k]
+    small.w_blocks[...] = model.w_blocks[...][:n, :k, :k]
+    small.b_blocks[...] = model.b_blocks[...][:n, :k]
+    small.w_out[...] = model.w_out[...][:k]
+    small.b_out[...] = model.b_out[...]
+    return small
+
+
+def test_masked_mlp_equals_sliced_dense_model():
+    model = SortedMLP(MLPConfig(in_dim=5, hidden=12, out_dim=3, num_blocks=4), rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.PRNGKey(1), (7, 5))
+    fwd = nnx.jit(lambda m, x, s: m(x, s))
+    for k, n in [(1, 1), (5, 2), (12, 4), (7, 3)]:
+        got = fwd(model, x, SubModel.of(width=k, depth=n))
+        want = _sliced_dense(model, k, n)(x)
+        np.testing.assert_allclose(got, want, atol=1e-6, rtol=1e-6)
+
+
+def test_mlp_bad_sizes():
+    model = SortedMLP(MLPConfig(in_dim=2, hidden=4, out_dim=2, num_blocks=2), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="depth 0 outside the allowed range 1..2"):
+        model(jnp.ones((1, 2)), SubModel.of(depth=0))
+    with pytest.raises(ValueError, match="depth 3 outside the allowed range 1..2"):
+        model(jnp.ones((1, 2)), SubModel.of(depth=3))
+    with pytest.raises(ValueError, match="width 5 outside the allowed range 1..4"):
+        model(jnp.ones((1, 2)), SubModel.of(width=5))
+
+
+def _trained_lora(frozen=False):
+    layer = lora.DyLoRALinear(6, 4, r_max=5, alpha=2.0, frozen=frozen, rngs=nnx.Rngs(0))
+    layer.lora_up[...] = jax.random.normal(jax.random.PRNGKey(3), (4, 5))  # as if trained
+    return layer
+
+
+def test_lora_rank_equals_merged_and_sliced():
+    layer = _trained_lora()
+    x = jax.random.normal(jax.random.PRNGKey(2), (3, 6))
+    for b in range(1, 6):
+        got = layer(x, rank=b)
+        merged = x @ layer.merged_kernel(b) + layer.bias[...]
+        np.testing.assert_allclose(got, merged, atol=1e-6, rtol=1e-6)
+        dense = x @ layer.kernel[...] + layer.bias[...] + (2.0 / b) * (
+            x @ layer.lora_down[...][:b].T @ layer.lora_up[...][:, :b].T)
+        np.testing.assert_allclose(got, dense, atol=1e-6, rtol=1e-6)
+    # fresh adapter (W_up = 0) is the base layer at every rank
+    fresh = lora.DyLoRALinear(6, 4, r_max=5, alpha=2.0, rngs=nnx.Rngs(0))
+    np.testing.assert_allclose(fresh(x, rank=3), x @ fresh.kernel[...] + fresh.bias[...], atol=1e-6)
+
+
+def test_lora_rank_out_of_range():
+    layer = _trained_lora()
+    for b in (0, 6):
+        with pytest.raises(ValueError, match=f"rank {b} outside the allowed range 1..5"):
+            layer(jnp.ones((1, 6)), rank=b)
+    with pytest.raises(ValueError, match="rank 9 outside"):
+        layer.merged_kernel(9)
+
+
+def test_lora_frozen_mode_updates_only_row_b():
+    layer = _trained_lora(frozen=True)
+    graphdef, params, rest = nnx.split(layer, nnx.Param, ...)
+    x = jax.random.normal(jax.random.PRNGKey(4), (8, 6))
+    y = jax.random.normal(jax.random.PRNGKey(5), (8, 4))
+    tx = optax.adam(0.1)
+    opt = tx.init(params)
+    b = 3
+
+    @jax.jit
+    def step(params, opt):
+        loss = lambda p: jnp.mean((nnx.merge(graphdef, p, rest)(x, rank=b) - y) ** 2)  # noqa: E731
+        grads = jax.grad(loss)(params)
+        updates, opt = tx.update(grads, opt, params)
+        return lora.keep_only_rank(params, optax.apply_updates(params, updates), b), opt, grads
+
+    new, opt, grads = step(params, opt)
+    g_down, g_up = np.asarray(grads["lora_down"][...]), np.asarray(grads["lora_up"][...])
+    assert np.abs(g_down[b - 1]).sum() > 0 and np.abs(g_up[:, b - 1]).sum() > 0
+    assert np.all(np.delete(g_down, b - 1, axis=0) == 0) and np.all(np.delete(g_up, b - 1, axis=1) == 0)
+    for _ in range(3):  # Adam momentum must not move the other rows either
+        new, opt, _ = step(new, opt)
+    d0, d1 = np.asarray(params["lora_down"][...]), np.asarray(new["lora_down"][...])
+    u0, u1 = np.asarray(params["lora_up"][...]), np.asarray(new["lora_up"][...])
+    np.testing.assert_array_equal(np.delete(d1, b - 1, 0), np.delete(d0, b - 1, 0))
+    np.testing.assert_array_equal(np.delete(u1, b - 1, 1), np.delete(u0, b - 1, 1))
+    assert not np.allclose(d1[b - 1], d0[b - 1]) and not np.allclose(u1[:, b - 1], u0[:, b - 1])
+    assert "kernel" not in params  # the base weight is never a trainable parameter
