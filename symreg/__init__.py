@@ -1,0 +1,23 @@
+"""SymbolicGPT in JAX: generator, tokenizer, constant fitting, metrics, regressor, baselines.
+
+Imports are lazy so that ``python -m symreg.generate`` (and its worker processes) do not
+start JAX."""
+
+_LAZY = {
+    "SymbolicGPTRegressor": "symreg.regressor",
+    "FixedCandidates": "symreg.candidates",
+    "GeneratorCandidates": "symreg.candidates",
+    "fit_constants": "symreg.fit",
+    "fit_many": "symreg.fit",
+    "SkeletonTokenizer": "symreg.tokenizer",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name):
+  if name in _LAZY:
+    import importlib
+
+    return getattr(importlib.import_module(_LAZY[name]), name)
+  raise AttributeError(f"module 'symreg' has no attribute {name!r}")
