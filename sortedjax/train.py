@@ -202,7 +202,7 @@ def make_train_step(graphdef, loss_fn: LossFn, tx: optax.GradientTransformation,
         new_params = optax.apply_updates(params, updates)
         if post_update is not None:
             new_params = post_update(params, new_params, key)
-        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["grad_norm"] = optax.tree.norm(grads)
         return new_params, opt_state, metrics
 
     return step

@@ -51,8 +51,8 @@ class SortedMLP(nnx.Module):
         d, h, o, L = cfg.in_dim, cfg.hidden, cfg.out_dim, cfg.num_blocks
         self.w_in = param(_dense_init(rngs.params(), d, (d, h)), ("in", "mlp"))
         self.b_in = param(_dense_init(rngs.params(), d, (h,)), ("mlp",))
-        self.w_blocks = param(_dense_init(rngs.params(), h, (L, h, h)), ("layers", "embed", "mlp"))
-        self.b_blocks = param(_dense_init(rngs.params(), h, (L, h)), ("layers", "mlp"))
+        self.w_blocks = param(_dense_init(rngs.params(), h, (L, h, h)), ("layers", "embed", "mlp")) if L else None
+        self.b_blocks = param(_dense_init(rngs.params(), h, (L, h)), ("layers", "mlp")) if L else None
         self.w_out = param(_dense_init(rngs.params(), h, (h, o)), ("mlp", "classes"))
         self.b_out = param(_dense_init(rngs.params(), h, (o,)), ("classes",))
 
