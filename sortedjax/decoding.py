@@ -1,0 +1,192 @@
+"""KV-cache decoding at any exit depth: sampling, batched padded prompts, self-speculation.
+
+The cache has a static shape (N layers x B x S slots x kv heads x head_dim); a prompt of
+length P fills slots ``0..P-1`` and generated token ``t`` goes to slot ``P + t`` for every
+row, so left and right padding are both just a ``valid`` mask over slots plus per-row
+RoPE positions (``cumsum(mask) - 1``). Prefill and the one-token decode step are each
+compiled once per shape: the exit depth, temperature, top-k and top-p are traced values.
+
+Self-speculative decoding drafts tokens with an early exit of the same model (the cache of
+the layers it shares with the full model stays valid) and verifies them with one
+full-depth chunk; its greedy output equals plain greedy decoding.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+
+class KVCache(NamedTuple):
+    k: jax.Array  # N x B x S x G x K
+    v: jax.Array  # N x B x S x G x K
+    valid: jax.Array  # B x S: slot holds a real (non-padding) token
+
+
+def init_cache(cfg, batch: int, length: int) -> KVCache:
+    shape = (cfg.num_hidden_layers, batch, length, cfg.num_key_value_heads, cfg.head_dim)
+    return KVCache(jnp.zeros(shape, cfg.jnp_dtype), jnp.zeros(shape, cfg.jnp_dtype),
+                   jnp.ones((batch, length), bool))
+
+
+def sample(logits_BxV, key, temperature=0.0, top_k=0, top_p=1.0):
+    """Greedy when ``temperature == 0``; else temperature, then top-k (0 = off), then top-p.
+
+    All three controls may be traced, so changing them does not recompile.
+    """
+    logits = logits_BxV.astype(jnp.float32)
+    greedy = jnp.argmax(logits, axis=-1)
+    V = logits.shape[-1]
+    t = jnp.asarray(temperature, jnp.float32)
+    x = logits / jnp.maximum(t, 1e-6)
+    top_k = jnp.asarray(top_k, jnp.int32)
+    desc = -jnp.sort(-x, axis=-1)
+    kth = jnp.take_along_axis(desc, jnp.clip(top_k - 1, 0, V - 1)[None, None].repeat(x.shape[0], 0), -1)
+    x = jnp.where((top_k > 0) & (x < kth), -jnp.inf, x)
+    desc = -jnp.sort(-x, axis=-1)
+    p = jax.nn.softmax(desc, axis=-1)
+    keep = (jnp.cumsum(p, axis=-1) - p) < jnp.asarray(top_p, jnp.float32)  # first always kept
+    cutoff = jnp.min(jnp.where(keep, desc, jnp.inf), axis=-1, keepdims=True)
+    x = jnp.where(x < cutoff, -jnp.inf, x)
+    drawn = jax.random.categorical(key, x, axis=-1)
+    return jnp.where(t > 0, drawn, greedy).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=4)
+def _prefill(graphdef, state, tokens_BxP, mask_BxP, cache: KVCache, exit_layer):
+    model = nnx.merge(graphdef, state)
+    P = tokens_BxP.shape[1]
+    mask = mask_BxP.astype(bool)
+    pos = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
+    valid = cache.valid.at[:, :P].set(mask)
+    h, k, v = model.forward_cached(tokens_BxP, cache.k, cache.v, valid, 0, pos, exit_layer)
+    last = jnp.max(jnp.where(mask, jnp.arange(P), 0), axis=1)  # last real token per row
+    h_last = jnp.take_along_axis(h, last[:, None, None], axis=1)[:, 0]
+    return model.logits_at_exit(h_last, exit_layer), KVCache(k, v, valid), mask.sum(1).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
+def _chunk(graphdef, state, cache: KVCache, tokens_BxT, slot, pos_B, exit_layer):
+    """Logits B x T x V for T new tokens at slots ``slot..`` and positions ``pos_B + t``."""
+    model = nnx.merge(graphdef, state)
+    pos = pos_B[:, None] + jnp.arange(tokens_BxT.shape[1])
+    h, k, v = model.forward_cached(tokens_BxT, cache.k, cache.v, cache.valid, slot, pos, exit_layer)
+    return model.logits_at_exit(h, exit_layer), KVCache(k, v, cache.valid)
+
+
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
+def _step(graphdef, state, cache, tokens_B, slot, pos_B, exit_layer, key, temperature, top_k, top_p):
+    """One decode step: the next token's logits at ``exit_layer`` and a sample from them."""
+    logits, cache = _chunk(graphdef, state, cache, tokens_B[:, None], slot, pos_B, exit_layer)
+    logits = logits[:, 0]
+    return sample(logits, jax.random.fold_in(key, slot), temperature, top_k, top_p), logits, cache
+
+
+def pad_prompts(prompt_ids, attention_mask=None, pad_id: int = 0):
+    """(tokens B x P, mask B x P) as numpy; ragged lists are left-padded with ``pad_id``."""
+    if isinstance(prompt_ids, (list, tuple)) and prompt_ids and isinstance(prompt_ids[0], (list, tuple, np.ndarray)):
+        lens = [len(p) for p in prompt_ids]
+        if len(set(lens)) > 1 and attention_mask is None:
+            P = max(lens)
+            tokens = np.full((len(prompt_ids), P), pad_id, np.int32)
+            mask = np.zeros((len(prompt_ids), P), np.int32)
+            for i, p in enumerate(prompt_ids):
+                tokens[i, P - len(p):], mask[i, P - len(p):] = p, 1
+            return tokens, mask
+    tokens = np.asarray(prompt_ids, np.int32)
+    tokens = tokens[None] if tokens.ndim == 1 else tokens
+    if tokens.ndim != 2 or tokens.shape[1] == 0:
+        raise ValueError(f"prompt_ids must be B x P with P >= 1, got shape {tokens.shape}")
+    mask = np.ones_like(tokens) if attention_mask is None else np.asarray(attention_mask, np.int32)
+    mask = mask[None] if mask.ndim == 1 else mask
+    if mask.shape != tokens.shape:
+        raise ValueError(f"attention_mask shape {mask.shape} does not match prompt_ids {tokens.shape}")
+    return tokens, mask
+
+
+def _setup(model, prompt_ids, attention_mask, pad_id, max_new_tokens, exit_layer, extra=0):
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    tokens, mask = pad_prompts(prompt_ids, attention_mask, pad_id)
+    exit_ = jnp.int32(model.check_exit(exit_layer))
+    S = -(-(tokens.shape[1] + max_new_tokens + extra) // 64) * 64  # bucket: fewer recompiles
+    graphdef, state = nnx.split(model)
+    cache = init_cache(model.cfg, tokens.shape[0], S)
+    logits, cache, pos = _prefill(graphdef, state, jnp.asarray(tokens), jnp.asarray(mask), cache, exit_)
+    return graphdef, state, tokens.shape[1], exit_, logits, cache, pos
+
+
+def _finish(out, stop_tokens, pad_id):
+    """Replace everything after a row's first stop token with ``pad_id``."""
+    out = np.array(out, np.int32)
+    if stop_tokens:
+        hit = np.isin(out, np.asarray(stop_tokens))
+        after = np.cumsum(hit, axis=1) - hit > 0
+        out[after] = pad_id
+    return out
+
+
+def generate(model, prompt_ids, *, max_new_tokens: int, exit_layer=None, temperature: float = 0.0,
+             top_k: int | None = None, top_p: float | None = None, stop_tokens: Sequence[int] = (),
+             pad_id: int = 0, seed: int = 0, attention_mask=None, return_logits: bool = False):
+    """Generate ``max_new_tokens`` per row with a KV cache, logits taken after ``exit_layer``.
+
+    ``prompt_ids``: B x P (padded per ``attention_mask``, left or right) or a ragged list
+    (left-padded here). Returns numpy B x max_new_tokens token ids; after a row's stop token
+    the row holds ``pad_id``. ``return_logits`` also returns the B x T x V step logits.
+    """
+    graphdef, state, P, exit_, logits, cache, pos = _setup(
+        model, prompt_ids, attention_mask, pad_id, max_new_tokens, exit_layer)
+    key = jax.random.key(seed)
+    controls = (jnp.float32(temperature), jnp.int32(top_k or 0), jnp.float32(1.0 if top_p is None else top_p))
+    tok = sample(logits, jax.random.fold_in(key, P - 1), *controls)
+    out, all_logits = [np.asarray(tok)], [logits]
+    done = np.isin(out[0], np.asarray(stop_tokens, np.int32))
+    for t in range(1, max_new_tokens):
+        if done.all():
+            break
+        tok, logits, cache = _step(graphdef, state, cache, tok, jnp.int32(P + t - 1), pos + t - 1,
+                                   exit_, key, *controls)
+        out.append(np.asarray(tok))
+        all_logits.append(logits)
+        done |= np.isin(out[-1], np.asarray(stop_tokens, np.int32))
+    out += [np.full_like(out[0], pad_id)] * (max_new_tokens - len(out))
+    tokens = _finish(np.stack(out, axis=1), stop_tokens, pad_id)
+    return (tokens, np.stack([np.asarray(x) for x in all_logits], 1)) if return_logits else tokens
+
+
+def speculative_generate(model, prompt_ids, *, max_new_tokens: int, draft_exit: int, num_draft: int = 4,
+                         stop_tokens: Sequence[int] = (), pad_id: int = 0, attention_mask=None):
+    """Greedy self-speculative decoding: draft ``num_draft`` tokens with the first
+    ``draft_exit`` layers, verify them in one full-depth chunk, keep the agreeing prefix plus
+    the full model's next token. Output equals :func:`generate` greedy. Returns (tokens,
+    stats) with stats the mean number of tokens accepted per verification."""
+    model.check_exit(draft_exit)
+    graphdef, state, P, full, logits, cache, pos = _setup(
+        model, prompt_ids, attention_mask, pad_id, max_new_tokens, None, extra=num_draft + 1)
+    draft, key, greedy = jnp.int32(draft_exit), jax.random.key(0), (jnp.float32(0), jnp.int32(0), jnp.float32(1))
+    x0 = jnp.argmax(logits, -1).astype(jnp.int32)
+    out, n_out, slot, verifies = [np.asarray(x0)[:, None]], 1, P, 0
+    stop = np.asarray(stop_tokens, np.int32)
+    while n_out < max_new_tokens and not np.isin(np.concatenate(out, 1), stop).any(1).all():
+        drafts, tok = [x0], x0
+        for j in range(num_draft):
+            tok, _, cache = _step(graphdef, state, cache, tok, jnp.int32(slot + j), pos + j, draft, key, *greedy)
+            drafts.append(tok)
+        logits, cache = _chunk(graphdef, state, cache, jnp.stack(drafts, 1), jnp.int32(slot), pos, full)
+        g = np.asarray(jnp.argmax(logits, -1))  # B x (num_draft + 1): the full model's choices
+        d = np.stack([np.asarray(x) for x in drafts[1:]], 1)
+        agree = np.cumprod(d == g[:, :-1], axis=1).sum(1)
+        n = int(agree.min())  # every row advances by the same n + 1 (static slots)
+        out.append(g[:, : n + 1])
+        n_out, slot, pos, verifies = n_out + n + 1, slot + n + 1, pos + n + 1, verifies + 1
+        x0 = jnp.asarray(g[:, n], jnp.int32)
+    out = np.concatenate(out, 1)[:, :max_new_tokens]
+    out = np.pad(out, ((0, 0), (0, max_new_tokens - out.shape[1])), constant_values=pad_id)
+    return _finish(out, stop_tokens, pad_id), {"tokens_per_verify": (n_out - 1) / max(verifies, 1), "verifies": verifies}
