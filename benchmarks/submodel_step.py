@@ -1,0 +1,142 @@
+"""What does many-in-one training cost per step? (issue 2 benchmark)
+
+In one run, on the same MLP and batch:
+
+* ``sorted_over_plain``: step time of the SortedNet step (width and depth sub-model sampled
+  inside jit, iota masks, ``lax.cond`` depth gating) over a plain dense step of the full model;
+* ``masked_full_over_plain``: the overhead of masks and gating alone (full sub-model);
+* ``uniform_depth_over_full_depth``: mean step time when the depth is sampled uniformly in
+  1..L over the time at full depth L (depth gating skips the layers past the sampled depth, so
+  the ideal is (L+1)/(2L));
+* the number of compilations of the sorted step while it trains many sub-models (must be 1).
+
+Timings interleave the variants round by round and take medians. Run::
+
+    python benchmarks/submodel_step.py [--out benchmarks/results/submodel_step.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from sortedjax import objectives
+from sortedjax.models.mlp import MLPConfig, SortedMLP
+from sortedjax.submodel import Dim, Pool
+from sortedjax.train import make_train_step
+
+
+def plain_forward(params, x):
+    """The same network without masks or gating (what ordinary training runs)."""
+    h = jax.nn.relu(x @ params["w_in"] + params["b_in"])
+
+    def block(h, wb):
+        return jax.nn.relu(h @ wb[0] + wb[1]), None
+
+    h, _ = jax.lax.scan(block, h, (params["w_blocks"], params["b_blocks"]))
+    return h @ params["w_out"] + params["b_out"]
+
+
+def xent(logits, y):
+    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], 1))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--hidden", type=int, default=512)
+    p.add_argument("--layers", type=int, default=8)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--rounds", type=int, default=30)
+    p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "submodel_step.json"))
+    a = p.parse_args(argv)
+
+    cfg = MLPConfig(in_dim=64, hidden=a.hidden, out_dim=10, num_blocks=a.layers)
+    model = SortedMLP(cfg, rngs=nnx.Rngs(0))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    tx = optax.adam(1e-3)
+    rng = np.random.default_rng(0)
+    batch = {"x": jnp.asarray(rng.normal(size=(a.batch, 64)), jnp.float32),
+             "y": jnp.asarray(rng.integers(0, 10, a.batch), jnp.int32)}
+
+    widths = Dim(support=tuple(range(a.hidden // 8, a.hidden + 1, a.hidden // 8)))
+    pools = {
+        "sorted": Pool({"width": widths, "depth": Dim.range(1, a.layers)}),
+        "uniform_depth": Pool({"depth": Dim.range(1, a.layers)}),
+        "full_depth": Pool({"depth": Dim(support=(a.layers,))}),
+        "masked_full": Pool({"width": Dim(support=(a.hidden,)), "depth": Dim(support=(a.layers,))}),
+    }
+
+    def loss_for(pool):
+        def loss_fn(m, b, key):
+            return objectives.stochastic(lambda sub: (xent(m(b["x"], sub), b["y"]), {}), pool, key)
+
+        return loss_fn
+
+    steps = {name: jax.jit(make_train_step(graphdef, loss_for(pool), tx)) for name, pool in pools.items()}
+
+    plain_params = {k: v for k, v in nnx.to_pure_dict(params).items()}
+
+    @jax.jit
+    def plain_step(pp, opt, b, key):
+        loss, g = jax.value_and_grad(lambda q: xent(plain_forward(q, b["x"]), b["y"]))(pp)
+        upd, opt = tx.update(g, opt, pp)
+        return optax.apply_updates(pp, upd), opt, {"loss": loss}
+
+    states = {name: (params, tx.init(params)) for name in steps}
+    plain_state = (plain_params, tx.init(plain_params))
+
+    def run(name, i):
+        key = jax.random.PRNGKey(i)
+        if name == "plain":
+            out = plain_step(*plain_state, batch, key)
+        else:
+            out = steps[name](*states[name], (rest,), batch, key)
+        jax.block_until_ready(out)
+
+    names = ["plain", *steps]
+    for n in names:  # compile + warm up
+        run(n, 0)
+        run(n, 1)
+    times = {n: [] for n in names}
+    for r in range(a.rounds):
+        for n in names:
+            t0 = time.perf_counter()
+            run(n, 100 + r)
+            times[n].append(time.perf_counter() - t0)
+    med = {n: float(np.median(times[n])) for n in names}
+    mean = {n: float(np.mean(times[n])) for n in names}
+    result = {
+        "sorted_over_plain": med["sorted"] / med["plain"],
+        "masked_full_over_plain": med["masked_full"] / med["plain"],
+        "uniform_depth_over_full_depth": mean["uniform_depth"] / mean["full_depth"],
+        "ideal_uniform_depth_over_full_depth": (a.layers + 1) / (2 * a.layers),
+        "sorted_step_compilations": steps["sorted"]._cache_size(),
+        "distinct_submodels_seen": a.rounds + 2,
+        "median_step_seconds": med,
+        "mean_step_seconds": mean,
+        "config": vars(a) | {"backend": jax.default_backend(), "devices": jax.device_count(),
+                             "machine": platform.machine()},
+    }
+    print(f"sorted step / plain step (median):       {result['sorted_over_plain']:.3f}x")
+    print(f"masked full model / plain step (median): {result['masked_full_over_plain']:.3f}x (mask + gating overhead)")
+    print(f"uniform depth / full depth (mean):       {result['uniform_depth_over_full_depth']:.3f}x "
+          f"(ideal {result['ideal_uniform_depth_over_full_depth']:.3f}x)")
+    print(f"compilations of the sorted step:         {result['sorted_step_compilations']}")
+    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+    with open(a.out, "w") as f:
+        json.dump(result, f, indent=1)
+    print(f"wrote {a.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
