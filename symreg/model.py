@@ -22,9 +22,12 @@ appends ``T`` tokens at position ``start`` (used by :mod:`symreg.decoding`).
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from sortedjax.sharding import param
@@ -184,10 +187,41 @@ def init_cache(cfg: ModelConfig, batch: int, dtype=jnp.float32):
     return tuple((jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(cfg.n_layers))
 
 
+def save_pretrained(model: SymbolicGPT, path: str, extra: dict | None = None) -> None:
+    """Write ``path/config.json`` (model config + ``extra``) and ``path/params`` (orbax)."""
+    import orbax.checkpoint as ocp
+
+    path = os.path.abspath(path)
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump({"model": dataclasses.asdict(model.cfg), **(extra or {})}, f, indent=1)
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(os.path.join(path, "params"), jax.device_get(params), force=True)
+
+
+def load_pretrained(path: str) -> tuple[SymbolicGPT, dict]:
+    """The model saved by :func:`save_pretrained` and the saved config dict."""
+    import orbax.checkpoint as ocp
+
+    path = os.path.abspath(path)
+    cfg_file = os.path.join(path, "config.json")
+    if not os.path.exists(cfg_file):
+        raise FileNotFoundError(f"{path} holds no pretrained SymbolicGPT (missing config.json)")
+    with open(cfg_file) as f:
+        config = json.load(f)
+    model = SymbolicGPT(ModelConfig(**config["model"]), rngs=nnx.Rngs(0))
+    state = nnx.state(model, nnx.Param)
+    target = jax.tree.map(np.asarray, nnx.to_pure_dict(state))
+    with ocp.StandardCheckpointer() as ckptr:
+        params = ckptr.restore(os.path.join(path, "params"), target)
+    nnx.replace_by_pure_dict(state, params)
+    nnx.update(model, state)
+    return model, config
+
+
 def make_points(instances, max_vars: int, n_points: int | None = None):
     """Instances ``{"X": (n, d), "y": (n,)}`` -> ``points_BxNx(max_vars+1)``, ``mask_BxN`` (numpy)."""
-    import numpy as np
-
     n_max = n_points or max(len(inst["y"]) for inst in instances)
     points = np.zeros((len(instances), n_max, max_vars + 1), np.float32)
     mask = np.zeros((len(instances), n_max), bool)
