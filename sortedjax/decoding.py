@@ -190,3 +190,75 @@ def speculative_generate(model, prompt_ids, *, max_new_tokens: int, draft_exit: 
     out = np.concatenate(out, 1)[:, :max_new_tokens]
     out = np.pad(out, ((0, 0), (0, max_new_tokens - out.shape[1])), constant_values=pad_id)
     return _finish(out, stop_tokens, pad_id), {"tokens_per_verify": (n_out - 1) / max(verifies, 1), "verifies": verifies}
+
+
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
+def _early_exit_step(graphdef, state, cache: KVCache, tokens_B, slot, pos_B, is_exit_N, threshold):
+    """Greedy step that stops at the first exit (``is_exit_N[n-1]``) whose top probability reaches
+    ``threshold`` (per row; the last layer always answers). Layers after a row's exit get
+    K/V projected from its frozen hidden state (CALM-style state copying), so later tokens
+    can still attend to it at every depth."""
+    from sortedjax.models import llama
+
+    model = nnx.merge(graphdef, state)
+    cfg, N = model.cfg, model.cfg.num_hidden_layers
+    S = cache.k.shape[2]
+    x = model.embed_tokens(tokens_B[:, None])
+    cos, sin = llama.rope_tables(cfg, pos_B[:, None], x.dtype)
+    mask = (jnp.arange(S)[None, None, :] <= slot) & cache.valid[:, None, :]
+    B = tokens_B.shape[0]
+    init = (x, cache.k, cache.v, jnp.zeros((B,), bool), jnp.zeros((B,), jnp.int32), jnp.full((B,), N, jnp.int32))
+
+    def body(carry, inp):
+        i, p = inp
+        h, ck, cv, done, tok, used = carry
+        q, k, v = llama.qkv(cfg, p, h, cos, sin)
+        ck = jax.lax.dynamic_update_slice(ck, k[None].astype(ck.dtype), (i, 0, slot, 0, 0))
+        cv = jax.lax.dynamic_update_slice(cv, v[None].astype(cv.dtype), (i, 0, slot, 0, 0))
+        h = jax.lax.cond(done.all(), lambda h: h,
+                         lambda h: jnp.where(done[:, None, None], h,
+                                             llama.attend_mlp(cfg, p, h, q, ck[i], cv[i], mask)), h)
+
+        def check(c):
+            done, tok, used = c
+            probs = jax.nn.softmax(model.logits_at_exit(h[:, 0], i + 1), axis=-1)
+            hit = ~done & ((probs.max(-1) >= threshold) | (i + 1 == N))
+            return done | hit, jnp.where(hit, probs.argmax(-1), tok), jnp.where(hit, i + 1, used)
+
+        at_exit = is_exit_N[i] | (i + 1 == N)
+        done, tok, used = jax.lax.cond(at_exit & ~done.all(), check, lambda c: c, (done, tok, used))
+        return (h, ck, cv, done, tok, used), None
+
+    (_, ck, cv, _, tok, used), _ = jax.lax.scan(
+        body, init, (jnp.arange(N, dtype=jnp.int32), model.layers.stacked()))
+    return tok.astype(jnp.int32), used, KVCache(ck, cv, cache.valid)
+
+
+def early_exit_generate(model, prompt_ids, *, max_new_tokens: int, exits: Sequence[int], threshold: float,
+                        stop_tokens: Sequence[int] = (), pad_id: int = 0, attention_mask=None):
+    """Greedy decoding with confidence-based early exit (prompt prefilled at full depth).
+
+    Each new token is taken at the first layer in ``exits`` whose softmax top probability is
+    ``>= threshold`` (else at the last layer). Returns (tokens, exit layer used per token),
+    both numpy B x max_new_tokens. ``exits`` and ``threshold`` are traced: one compile.
+    """
+    for e in exits:
+        model.check_exit(e)
+    graphdef, state, P, _, logits, cache, pos = _setup(
+        model, prompt_ids, attention_mask, pad_id, max_new_tokens, None)
+    tok = jnp.argmax(logits, -1).astype(jnp.int32)
+    N = model.cfg.num_hidden_layers
+    out, used = [np.asarray(tok)], [np.full(tok.shape, N, np.int32)]
+    is_exit_N = jnp.zeros((N,), bool).at[np.asarray(exits, np.int32) - 1].set(True)
+    thr = jnp.float32(threshold)
+    stop = np.asarray(stop_tokens, np.int32)
+    for t in range(1, max_new_tokens):
+        if np.isin(np.stack(out, 1), stop).any(1).all():
+            break
+        tok, u, cache = _early_exit_step(graphdef, state, cache, tok, jnp.int32(P + t - 1), pos + t - 1, is_exit_N, thr)
+        out.append(np.asarray(tok))
+        used.append(np.asarray(u))
+    pad = max_new_tokens - len(out)
+    out += [np.full_like(out[0], pad_id)] * pad
+    used += [np.zeros_like(used[0])] * pad
+    return _finish(np.stack(out, 1), stop_tokens, pad_id), np.stack(used, 1)

@@ -138,3 +138,23 @@ def test_bad_generation_arguments(ckpt):
         llama.generate(model, [[1, 2]], max_new_tokens=0)
     with pytest.raises(ValueError, match="attention_mask shape"):
         llama.generate(model, [[1, 2]], attention_mask=[[1, 1, 1]], max_new_tokens=2)
+
+
+def test_confidence_early_exit(ckpt):
+    _, _, model = ckpt
+    tokens, mask = left_padded()
+    kw = dict(attention_mask=mask, max_new_tokens=8)
+    never, used = decoding.early_exit_generate(model, tokens, exits=(1, 2, 3), threshold=1.1, **kw)
+    np.testing.assert_array_equal(never, llama.generate(model, tokens, **kw))
+    assert (used == 4).all()
+    # threshold 0: every token after the (full-depth) first one leaves at layer 2, and
+    # layers 1..2 see an exact cache, so this is exit-2 decoding of prompt + first token
+    always, used = decoding.early_exit_generate(model, tokens, exits=(2, 3), threshold=0.0, **kw)
+    longer = np.concatenate([tokens, always[:, :1]], 1)
+    exit2 = llama.generate(model, longer, attention_mask=np.pad(mask, ((0, 0), (0, 1)), constant_values=1),
+                           max_new_tokens=7, exit_layer=2)
+    np.testing.assert_array_equal(always[:, 1:], exit2)
+    assert (used[:, 1:] == 2).all()
+    mid, used = decoding.early_exit_generate(model, tokens, exits=(1, 2, 3), threshold=0.05, **kw)
+    assert mid.shape == (3, 8) and set(np.unique(used[:, 1:])) <= {1, 2, 3, 4}
+    assert decoding._early_exit_step._cache_size() == 1
