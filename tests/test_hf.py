@@ -114,3 +114,25 @@ def test_bad_checkpoints_name_what_is_wrong(tmp_path):
                                           num_hidden_layers=2, num_attention_heads=2), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"num_layers 3 outside the allowed range 1\.\.2"):
         llama.save_pretrained(model, tmp_path / "x", num_layers=3)
+
+
+def test_hub_id_goes_through_snapshot_download(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    save_hf(tmp_path / "snap")
+    calls = []
+
+    def fake_download(repo_id, **kw):
+        calls.append(repo_id)
+        return str(tmp_path / "snap")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
+    model = llama.from_pretrained("some-org/tiny-llama")
+    assert calls == ["some-org/tiny-llama"] and model.cfg.num_hidden_layers == 3
+
+    def offline(repo_id, **kw):
+        raise OSError("no internet")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(FileNotFoundError, match="'some-org/tiny-llama' is not a local directory.*no internet"):
+        llama.from_pretrained("some-org/tiny-llama")
