@@ -138,3 +138,19 @@ def test_bad_config_values():
         model(jnp.zeros((1, 3), jnp.int32), exit_layer=3)
     with pytest.raises(ValueError, match=r"exit 0 outside"):
         model.hidden_states(jnp.zeros((1, 3), jnp.int32), exits=(0, 2))
+
+
+def test_traced_exits_and_gradients_stop_at_the_exit(tmp_path):
+    save_hf(tmp_path)
+    model = llama.from_pretrained(str(tmp_path))
+    tokens = jnp.asarray(np.random.default_rng(7).integers(0, 97, (2, 6)))
+    graphdef, state = nnx.split(model)
+    h_E = jax.jit(lambda s, e: nnx.merge(graphdef, s).hidden_states(tokens, exits=e))(state, jnp.array([1, 2]))
+    np.testing.assert_allclose(h_E, model.hidden_states(tokens, exits=(1, 2)), atol=1e-6)
+
+    def loss(m):
+        return m(tokens, exit_layer=2).mean()
+
+    grads = nnx.grad(loss)(model)
+    g = np.asarray(grads["layers"]["w_up"][...])
+    assert np.abs(g[:2]).sum() > 0 and np.abs(g[2]).sum() == 0
