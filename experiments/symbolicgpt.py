@@ -1,0 +1,436 @@
+"""SymbolicGPT vs gplearn, an MLP and pyoperon (thesis ch. 2: Fig. 2.2, 2.3b, 2.3c, Table 2.1).
+
+Run (the whole offline 1-variable pipeline: generate, train, evaluate, figures)::
+
+    python -m experiments.symbolicgpt                          # default, --workdir runs/symbolicgpt
+    python -m experiments.symbolicgpt --quick --workdir /tmp/sg   # smoke test, ~2-3 minutes
+    python -m experiments.symbolicgpt train --setting 2var --workdir runs/sg2 --preset thesis \\
+        --n-train 500000 --steps 100000 --batch-size 128
+    python -m experiments.symbolicgpt evaluate --setting 2var --workdir runs/sg2 --n-test 1000
+
+Expected runtime: the default run is sized for at most 20 minutes on a 2-core CPU (about
+1.5 min data, 7 min training of the ``cpu`` preset, 8 min evaluation of 30 test problems
+plus the 1-variable Nguyen / Feynman equations against the three baselines); the thesis
+sizes (``--preset thesis``, 1000 test problems per setting) need an accelerator, where
+training is about an hour and evaluation is dominated by the CPU baselines (gplearn
+seconds per problem).
+
+Protocol. Every generated test equation gets ``fit`` points in the training range
+[-3, 3]^d and held-out points in ([-5,-3] U [3,5])^d (the generator's test split); Nguyen
+and Feynman use independent train / test draws from their ranges. Each method sees only
+the fit points; SymbolicGPT samples ``--n-samples`` skeletons (top-k, k=40), fits all their
+constants with the batched BFGS, and keeps the best by MSE_N on the fit points. Errors are
+log10 MSE_N on the held-out points; times are wall seconds of ``fit`` per problem.
+
+Output in ``--workdir``: ``results.json`` ``{test_set: {method: {"frac_below": {"-10": f,
+"-5": f, "-2": f}, "median_seconds": s, "n": count}}}``; ``records.jsonl`` (one line per
+problem and method: error, seconds, true and predicted equation); ``cumulative_error.png``
+(Fig. 2.2), ``time_per_problem.png``, ``performance_over_time.png`` (Fig. 2.3c),
+``error_vs_points.png`` (Fig. 2.3b), ``equations.md`` / ``equations.png`` (Table 2.1),
+``details.json`` (sweeps and settings), the trained model in ``model/`` and training
+metrics in ``train/metrics.jsonl``. A summary table is printed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import time
+
+import numpy as np
+
+SETTINGS = {"1var": 1, "2var": 2, "3var": 3, "general": (1, 9)}
+METHODS = ("symbolicgpt", "gplearn", "mlp", "operon")
+THRESHOLDS = (-10, -5, -2)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Config:
+    setting: str = "1var"
+    workdir: str = "runs/symbolicgpt"
+    # data and model
+    n_train: int = 12000
+    preset: str = "cpu"
+    max_len: int = 48
+    # training (AdamW, warmup + cosine)
+    steps: int = 500
+    batch_size: int = 64
+    learning_rate: float = 2e-3
+    warmup_steps: int = 40
+    weight_decay: float = 0.01
+    # evaluation
+    n_test: int = 30
+    n_samples: int = 50
+    sampling: str = "top_k"
+    top_k: int = 40
+    top_p: float = 0.9
+    methods: tuple[str, ...] = METHODS
+    benchmarks: tuple[str, ...] = ("nguyen", "feynman")
+    gplearn_population: int = 1000
+    gplearn_generations: int = 10
+    sweep_problems: int = 15  # problems used for Fig. 2.3b / 2.3c sweeps (0: skip)
+    seed: int = 0
+    workers: int = 2
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.setting not in SETTINGS:
+            raise ValueError(f"setting must be one of {sorted(SETTINGS)}, got {self.setting!r}")
+        unknown = set(self.methods) - set(METHODS)
+        if unknown:
+            raise ValueError(f"methods must be a subset of {METHODS}, got unknown {sorted(unknown)}")
+        unknown = set(self.benchmarks) - {"nguyen", "feynman"}
+        if unknown:
+            raise ValueError(f"benchmarks must be a subset of ('nguyen', 'feynman'), got {sorted(unknown)}")
+        for name in ("n_train", "steps", "batch_size", "n_test", "n_samples", "max_len"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    @property
+    def max_vars(self) -> int:
+        v = SETTINGS[self.setting]
+        return v if isinstance(v, int) else v[1]
+
+
+QUICK = dict(n_train=1500, preset="tiny", steps=150, batch_size=32, n_test=6, n_samples=16,
+             gplearn_population=200, gplearn_generations=5, sweep_problems=3)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def _ensure_dataset(cfg: Config, split: str, n: int, seed: int) -> list[dict]:
+    from symreg.generate import DatasetConfig, load_dataset, write_dataset
+
+    path = os.path.join(cfg.workdir, "data", f"{cfg.setting}-{split}-{n}-{seed}")
+    if not os.path.exists(os.path.join(path, "manifest.json")):
+        write_dataset(path, n, seed, split, DatasetConfig(n_vars=SETTINGS[cfg.setting]),
+                      shard_size=max(1, -(-n // cfg.workers)), workers=cfg.workers, progress=cfg.progress)
+    return load_dataset(path)
+
+
+def _eval_on(expr: str, X: np.ndarray):
+    import sympy
+
+    from symreg.expressions import X_SYMBOLS
+
+    local = {f"x{i}": s for i, s in enumerate(X_SYMBOLS, 1)}
+    f = sympy.lambdify(X_SYMBOLS[: X.shape[1]], sympy.sympify(expr, locals=local), "numpy")
+    with np.errstate(all="ignore"):
+        return np.broadcast_to(np.asarray(f(*X.T), np.float64), (len(X),)).astype(np.float32)
+
+
+def generated_test_set(cfg: Config, n: int) -> list[dict]:
+    """Held-out points from the test split; fit points drawn in the training range."""
+    rng = np.random.default_rng(cfg.seed + 17)
+    out = []
+    for inst in _ensure_dataset(cfg, "test", 2 * n, cfg.seed + 1):
+        X_fit = rng.uniform(-3, 3, inst["X"].shape).astype(np.float32)
+        y_fit = _eval_on(inst["expr"], X_fit)
+        if not np.all(np.isfinite(y_fit)) or np.abs(y_fit).max() > 1e4:
+            continue  # undefined on the training range: not a fair extrapolation test
+        out.append({"name": f"{cfg.setting}-{len(out)}", "expr": inst["expr"], "skeleton": inst["skeleton"],
+                    "X": X_fit, "y": y_fit, "X_test": inst["X"], "y_test": inst["y"]})
+        if len(out) == n:
+            break
+    return out
+
+
+def benchmark_test_set(cfg: Config, family: str) -> list[dict]:
+    from symreg.benchmark_equations import load_benchmark_equations, sample_benchmark
+
+    out = []
+    for eq in load_benchmark_equations():
+        if eq.name.lower().startswith(family) and eq.n_vars <= cfg.max_vars:
+            fit, test = (sample_benchmark(eq, seed=cfg.seed, split=s) for s in ("train", "test"))
+            if np.all(np.isfinite(fit["y"])) and np.all(np.isfinite(test["y"])):
+                out.append({"name": eq.name, "expr": eq.expr, "skeleton": fit["skeleton"], "X": fit["X"],
+                            "y": fit["y"], "X_test": test["X"], "y_test": test["y"]})
+    return out
+
+
+# ----------------------------------------------------------------------------- train
+
+
+def train_model(cfg: Config):
+    from sortedjax.train import TrainConfig
+    from symreg.model import ModelConfig, load_pretrained, save_pretrained
+    from symreg.tokenizer import SkeletonTokenizer
+    from symreg.train import make_arrays, train_symbolicgpt
+
+    model_dir = os.path.join(cfg.workdir, "model")
+    if os.path.exists(os.path.join(model_dir, "config.json")):
+        model, saved = load_pretrained(model_dir)
+        if saved.get("steps") == cfg.steps:
+            print(f"using the trained model in {model_dir}")
+            return model
+    tok = SkeletonTokenizer()
+    t0 = time.time()
+    instances = _ensure_dataset(cfg, "train", cfg.n_train, cfg.seed)
+    arrays, kept = make_arrays(instances, tok, max_len=cfg.max_len, max_vars=cfg.max_vars)
+    print(f"data: {len(kept)} of {len(instances)} train equations fit max_len={cfg.max_len} "
+          f"({time.time() - t0:.0f}s)")
+    mcfg = ModelConfig.preset(cfg.preset, vocab_size=tok.vocab_size, max_len=cfg.max_len, max_vars=cfg.max_vars)
+    tcfg = TrainConfig(workdir=os.path.join(cfg.workdir, "train"), steps=cfg.steps, learning_rate=cfg.learning_rate,
+                       schedule="warmup_cosine", warmup_steps=min(cfg.warmup_steps, cfg.steps), optimizer="adamw",
+                       weight_decay=cfg.weight_decay, grad_clip_norm=1.0, checkpoint_every=max(cfg.steps // 4, 1),
+                       log_every=10, seed=cfg.seed, progress=cfg.progress, desc="train symbolicgpt")
+    t0 = time.time()
+    result = train_symbolicgpt(mcfg, arrays, tcfg, batch_size=cfg.batch_size)
+    last = result.history[-1] if result.history else {}
+    print(f"trained {result.step} steps in {time.time() - t0:.0f}s: " +
+          ", ".join(f"{k}={v:.3g}" for k, v in last.items() if k != "step"))
+    save_pretrained(result.model, model_dir, extra={
+        "setting": cfg.setting, "steps": cfg.steps, "tokenizer": "SkeletonTokenizer",
+        "sampling": {"method": cfg.sampling, "top_k": cfg.top_k, "top_p": cfg.top_p}, "n_samples": cfg.n_samples})
+    return result.model
+
+
+# ----------------------------------------------------------------------------- methods
+
+
+def make_method(name: str, cfg: Config, model=None, n_samples: int | None = None):
+    """A fresh regressor with ``fit(X, y)``, ``predict(X)`` and ``expression_``."""
+    if name == "symbolicgpt":
+        from symreg.decoding import NeuralCandidateSource, SamplingConfig
+        from symreg.regressor import SymbolicGPTRegressor
+        from symreg.tokenizer import SkeletonTokenizer
+
+        sampling = SamplingConfig(method=cfg.sampling, top_k=cfg.top_k, top_p=cfg.top_p)
+        source = NeuralCandidateSource(model, SkeletonTokenizer(), n_samples=n_samples or cfg.n_samples,
+                                       sampling=sampling, seed=cfg.seed)
+        return SymbolicGPTRegressor(candidate_source=source, n_candidates=n_samples or cfg.n_samples)
+    from symreg import baselines
+
+    if name == "gplearn":
+        return baselines.GPLearnBaseline(population_size=cfg.gplearn_population,
+                                         generations=cfg.gplearn_generations, random_state=cfg.seed)
+    if name == "mlp":
+        return baselines.MLPBaseline(random_state=cfg.seed)
+    return baselines.OperonBaseline(random_state=cfg.seed)
+
+
+def run_one(method, problem: dict) -> dict:
+    from symreg.metrics import log10_mse_n
+
+    t0 = time.perf_counter()
+    try:
+        method.fit(problem["X"], problem["y"])
+        seconds = time.perf_counter() - t0
+        err = log10_mse_n(problem["y_test"], method.predict(problem["X_test"]))
+        pred = str(getattr(method, "expression_", ""))
+    except Exception as e:  # a failed fit counts as an infinite error, and is recorded
+        seconds, err, pred = time.perf_counter() - t0, float("inf"), f"error: {type(e).__name__}: {e}"[:200]
+    return {"log10_mse_n": err, "seconds": seconds, "predicted": pred}
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+
+def summarize(records: list[dict]) -> dict:
+    """``{test_set: {method: {"frac_below": {...}, "median_seconds": s, "n": count}}}``."""
+    out: dict = {}
+    for r in records:
+        out.setdefault(r["test_set"], {}).setdefault(r["method"], []).append(r)
+    for ts, by_method in out.items():
+        for m, rows in by_method.items():
+            err = np.array([r["log10_mse_n"] for r in rows], float)
+            by_method[m] = {"frac_below": {str(t): float(np.mean(err < t)) for t in THRESHOLDS},
+                            "median_seconds": float(np.median([r["seconds"] for r in rows])), "n": len(rows)}
+    return out
+
+
+def _sweeps(cfg: Config, model, problems: list[dict]) -> dict:
+    """Fig. 2.3c (error vs time as the number of samples grows) and 2.3b (error vs points)."""
+    from symreg.metrics import log10_mse_n
+
+    probs = problems[: cfg.sweep_problems]
+    sweeps: dict = {"samples": [], "points": []}
+    if not probs:
+        return sweeps
+    for n in sorted({1, 4, 16, cfg.n_samples}):
+        rows = [run_one(make_method("symbolicgpt", cfg, model, n_samples=n), p) for p in probs]
+        err = np.array([r["log10_mse_n"] for r in rows])
+        sweeps["samples"].append({"n_samples": n, "median_seconds": float(np.median([r["seconds"] for r in rows])),
+                                  "frac_below_-5": float(np.mean(err < -5))})
+    rng = np.random.default_rng(cfg.seed)
+    for n_pts in (5, 10, 20, len(probs[0]["y"])):
+        errs = []
+        for p in probs:
+            idx = rng.choice(len(p["y"]), min(n_pts, len(p["y"])), replace=False)
+            sub = {**p, "X": p["X"][idx], "y": p["y"][idx]}
+            errs.append(run_one(make_method("symbolicgpt", cfg, model), sub)["log10_mse_n"])
+        errs = np.array(errs)
+        sweeps["points"].append({"n_points": n_pts, "median_log10_mse_n": float(np.median(errs)),
+                                 "frac_below_-5": float(np.mean(errs < -5))})
+    del log10_mse_n
+    return sweeps
+
+
+def evaluate(cfg: Config, model=None) -> dict:
+    from tqdm.auto import tqdm
+
+    if model is None and "symbolicgpt" in cfg.methods:
+        from symreg.model import load_pretrained
+
+        model, _ = load_pretrained(os.path.join(cfg.workdir, "model"))
+    test_sets = {cfg.setting: generated_test_set(cfg, cfg.n_test)}
+    for family in cfg.benchmarks:
+        test_sets[family] = benchmark_test_set(cfg, family)
+    print("evaluating on " + ", ".join(f"{k}: {len(v)} problems" for k, v in test_sets.items()) +
+          f" (max_vars={cfg.max_vars}); methods: {', '.join(cfg.methods)}")
+    records = []
+    rec_path = os.path.join(cfg.workdir, "records.jsonl")
+    with open(rec_path, "w") as f:
+        for ts, problems in test_sets.items():
+            for p in tqdm(problems, desc=f"eval {ts}", disable=not cfg.progress):
+                for m in cfg.methods:
+                    r = {"test_set": ts, "method": m, "problem": p["name"], "true": p["expr"],
+                         **run_one(make_method(m, cfg, model), p)}
+                    records.append(r)
+                    f.write(json.dumps(r) + "\n")
+                    f.flush()
+    results = summarize(records)
+    with open(os.path.join(cfg.workdir, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    sweeps = _sweeps(cfg, model, test_sets[cfg.setting]) if "symbolicgpt" in cfg.methods else {}
+    with open(os.path.join(cfg.workdir, "details.json"), "w") as f:
+        json.dump({"config": dataclasses.asdict(cfg), "sweeps": sweeps}, f, indent=1)
+    write_figures(cfg, records, results, sweeps)
+    print_summary(cfg, results)
+    return results
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def write_figures(cfg: Config, records: list[dict], results: dict, sweeps: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sets = list(results)
+    fig, axes = plt.subplots(1, len(sets), figsize=(4.5 * len(sets), 3.6), squeeze=False)
+    grid = np.linspace(-15, 5, 200)
+    for ax, ts in zip(axes[0], sets):
+        for m in results[ts]:
+            err = np.array([r["log10_mse_n"] for r in records if r["test_set"] == ts and r["method"] == m])
+            ax.plot(grid, [np.mean(err <= g) for g in grid], label=m)
+        ax.set(title=f"{ts} (n={max(v['n'] for v in results[ts].values())})", xlabel="log10 MSE_N",
+               ylabel="fraction of problems <= x")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(cfg.workdir, "cumulative_error.png"), dpi=120)
+
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    width = 0.8 / len(sets)
+    methods = list(dict.fromkeys(m for ts in sets for m in results[ts]))
+    for i, ts in enumerate(sets):
+        ax.bar(np.arange(len(methods)) + i * width,
+               [results[ts].get(m, {}).get("median_seconds", np.nan) for m in methods], width, label=ts)
+    ax.set(xticks=np.arange(len(methods)) + width * (len(sets) - 1) / 2, xticklabels=methods, yscale="log",
+           ylabel="median seconds per problem")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(cfg.workdir, "time_per_problem.png"), dpi=120)
+
+    if sweeps.get("samples"):
+        fig, ax = plt.subplots(figsize=(5, 3.6))
+        s = sweeps["samples"]
+        ax.plot([r["median_seconds"] for r in s], [r["frac_below_-5"] for r in s], "o-", label="symbolicgpt")
+        for r in s:
+            ax.annotate(f"{r['n_samples']} samples", (r["median_seconds"], r["frac_below_-5"]), fontsize=7)
+        for m, v in results[cfg.setting].items():
+            if m != "symbolicgpt":
+                ax.plot(v["median_seconds"], v["frac_below_-5"], "s", label=m)
+        ax.set(xscale="log", xlabel="median seconds per problem", ylabel="fraction log10 MSE_N < -5",
+               title=f"performance over time ({cfg.setting}, {cfg.sweep_problems} problems)")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(os.path.join(cfg.workdir, "performance_over_time.png"), dpi=120)
+
+        fig, ax = plt.subplots(figsize=(5, 3.6))
+        pts = sweeps["points"]
+        ax.plot([r["n_points"] for r in pts], [r["median_log10_mse_n"] for r in pts], "o-")
+        ax.set(xlabel="number of points given to fit", ylabel="median log10 MSE_N", title="error vs points")
+        fig.tight_layout()
+        fig.savefig(os.path.join(cfg.workdir, "error_vs_points.png"), dpi=120)
+
+    rows = [r for r in records if r["method"] == "symbolicgpt"][:12]
+    if rows:
+        lines = ["| problem | true | SymbolicGPT | log10 MSE_N |", "|---|---|---|---|"]
+        lines += [f"| {r['problem']} | `{r['true']}` | `{r['predicted']}` | {r['log10_mse_n']:.2f} |" for r in rows]
+        with open(os.path.join(cfg.workdir, "equations.md"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+        fig, ax = plt.subplots(figsize=(11, 0.35 * len(rows) + 0.8))
+        ax.axis("off")
+        cell = [[r["problem"], r["true"][:45], r["predicted"][:60], f"{r['log10_mse_n']:.2f}"] for r in rows]
+        tab = ax.table(cellText=cell, colLabels=["problem", "true", "predicted", "log10 MSE_N"], loc="center")
+        tab.auto_set_font_size(False)
+        tab.set_fontsize(7)
+        fig.tight_layout()
+        fig.savefig(os.path.join(cfg.workdir, "equations.png"), dpi=120)
+    plt.close("all")
+
+
+def print_summary(cfg: Config, results: dict) -> None:
+    print(f"\n{'test set':10s} {'method':12s} {'n':>4s} {'<-10':>6s} {'<-5':>6s} {'<-2':>6s} {'median s':>9s}")
+    for ts, by in results.items():
+        for m, v in by.items():
+            fb = v["frac_below"]
+            print(f"{ts:10s} {m:12s} {v['n']:4d} {fb['-10']:6.2f} {fb['-5']:6.2f} {fb['-2']:6.2f} "
+                  f"{v['median_seconds']:9.3f}")
+    main = results.get(cfg.setting, {})
+    if "symbolicgpt" in main and "gplearn" in main:
+        s, g = main["symbolicgpt"], main["gplearn"]
+        speed = g["median_seconds"] / max(s["median_seconds"], 1e-9)
+        print(f"\ntarget ({cfg.setting}): symbolicgpt frac<-5 {s['frac_below']['-5']:.2f} vs gplearn "
+              f"{g['frac_below']['-5']:.2f} (more: {s['frac_below']['-5'] > g['frac_below']['-5']}); "
+              f"gplearn/symbolicgpt time {speed:.1f}x (>=10x: {speed >= 10})")
+    print(f"results: {os.path.join(cfg.workdir, 'results.json')}")
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def parse_args(argv=None) -> tuple[str, Config]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("command", nargs="?", default="all", choices=("all", "train", "evaluate"))
+    p.add_argument("--quick", action="store_true", help="tiny sizes for a smoke test")
+    defaults = Config()
+    for f in dataclasses.fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        if f.name == "progress":
+            p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+        elif isinstance(f.default, tuple):
+            p.add_argument(flag, default=None, help=f"comma-separated (default {','.join(f.default)})")
+        else:
+            p.add_argument(flag, type=type(f.default), default=None, help=f"default {getattr(defaults, f.name)}")
+    a = vars(p.parse_args(argv))
+    command, quick = a.pop("command"), a.pop("quick")
+    kw = dict(QUICK) if quick else {}
+    for k, v in a.items():
+        if v is not None:
+            kw[k] = tuple(x for x in v.split(",") if x) if isinstance(getattr(defaults, k), tuple) else v
+    return command, Config(**kw)
+
+
+def main(argv=None) -> None:
+    command, cfg = parse_args(argv)
+    os.makedirs(cfg.workdir, exist_ok=True)
+    t0 = time.time()
+    print(f"symbolicgpt {command}: setting={cfg.setting} preset={cfg.preset} n_train={cfg.n_train} "
+          f"steps={cfg.steps} n_test={cfg.n_test} (fewer eval problems than the thesis' 1000 for the CPU budget) "
+          f"n_samples={cfg.n_samples} workdir={cfg.workdir}")
+    model = train_model(cfg) if command in ("all", "train") else None
+    if command in ("all", "evaluate"):
+        evaluate(cfg, model)
+    print(f"total wall time {time.time() - t0:.0f}s")
+
+
+if __name__ == "__main__":
+    main()
