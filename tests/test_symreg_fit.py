@@ -1,0 +1,76 @@
+"""Constant fitting. Every fit here uses 30 points, <= 8 skeletons and programs of <= 16
+instructions, so all tests share one compiled program per backend."""
+
+import numpy as np
+import pytest
+
+from symreg import fit, program
+
+RNG = np.random.default_rng(0)
+X1 = RNG.uniform(-3, 3, size=(30, 1))
+TRUE = np.array([1.3, 2.8, 0.5])
+Y1 = TRUE[0] * np.sin(TRUE[1] * X1[:, 0]) + TRUE[2]
+
+
+def _close_up_to_sign(c):
+  # C*sin(C*x1)+C is symmetric under (a, w) -> (-a, -w)
+  return np.allclose(c, TRUE, atol=1e-3) or np.allclose(c * [-1, -1, 1], TRUE, atol=1e-3)
+
+
+def test_multistart_recovers_where_single_start_fails():
+  single = fit.fit_constants("C*sin(C*x1)+C", X1, Y1, n_starts=1)
+  assert single.mse_n > 1e-2 and not _close_up_to_sign(single.constants)  # stuck from 1.0
+  wins = 0
+  for seed in range(3):
+    r = fit.fit_constants("C*sin(C*x1)+C", X1, Y1, n_starts=16, seed=seed)
+    assert r.success and np.all(np.isfinite(r.constants))
+    wins += _close_up_to_sign(r.constants) and r.mse_n < 1e-9
+  assert wins >= 2
+
+
+def test_backends_agree():
+  sks = ["C*sin(C*x1)+C", "C*exp(C*x1)+C", "C*x1**2+C*x1+C"]
+  y = [Y1, 0.7 * np.exp(0.4 * X1[:, 0]) - 1.1, 0.5 * X1[:, 0] ** 2 - 2.0 * X1[:, 0] + 0.3]
+  a = fit.fit_problems(sks, [X1] * 3, y, backend="jaxopt")
+  b = fit.fit_problems(sks, [X1] * 3, y, backend="optax")
+  for ra, rb, yi in zip(a, b, y):
+    assert ra.success and rb.success
+    assert ra.mse_n < 1e-9 and rb.mse_n < 1e-9
+    np.testing.assert_allclose(np.abs(ra.constants), np.abs(rb.constants), rtol=1e-3, atol=1e-3)
+  np.testing.assert_allclose(a[2].constants, [0.5, -2.0, 0.3], atol=1e-3)
+  np.testing.assert_allclose(b[1].constants, [0.7, 0.4, -1.1], atol=1e-3)
+
+
+def test_domain_errors_are_finite_failures_and_bad_skeletons_are_reported():
+  pos = np.linspace(1.0, 3.0, 30)[:, None]
+  rs = fit.fit_many(["log(C*x1)", "sqrt(C*x1)+C", "sin(x1", "C*x2", "foo(x1)"], X1, Y1)
+  assert [r.success for r in rs] == [False] * 5
+  for r in rs:
+    assert r.mse_n == fit.FAILED_MSE_N and np.all(np.isfinite(r.constants)) and r.error
+  assert "does not parse" in rs[2].error
+  assert "x2" in rs[3].error
+  assert "foo" in rs[4].error
+  good = fit.fit_many(["log(C*x1+C)", "sqrt(C*x1)+C"], pos, np.log(2 * pos[:, 0] + 1))
+  assert good[0].success and good[0].mse_n < 1e-9
+  np.testing.assert_allclose(good[0].constants, [2.0, 1.0], atol=1e-3)
+  assert good[1].success and np.isfinite(good[1].mse_n) and good[1].mse_n < 1e-2
+
+
+def test_no_recompile_for_new_skeletons_and_bad_data():
+  fit.fit_many(["C*x1+C"], X1, Y1)
+  before = fit._fit_batch._cache_size()
+  rs = fit.fit_many(["C*cos(C*x1)", "C*x1**3+C", "x1*C+C*x1**2"], X1, Y1, seed=3)
+  assert fit._fit_batch._cache_size() == before and all(r.success for r in rs)
+  assert str(rs[2].expression).count("x1") == 2
+  with pytest.raises(ValueError, match="different lengths"):
+    fit.fit_constants("C*x1", X1, Y1[:-1])
+  with pytest.raises(ValueError, match="y contains NaN"):
+    fit.fit_constants("C*x1", X1, np.where(Y1 > 0, np.nan, Y1))
+  with pytest.raises(ValueError, match="backend must be one of"):
+    fit.FitConfig(backend="scipy")
+
+
+def test_program_matches_numpy():
+  p = program.compile_skeleton("C*sin(C*x1)+C")
+  assert (p.length, p.n_consts, p.n_vars) == (8, 3, 1)
+  assert program.bucket(8, 16) == 16 and program.bucket(17, 16) == 32
