@@ -94,7 +94,7 @@ def exit_losses(
         total, count = masked_xent(logits, targets, mask)
         return total / jnp.maximum(count, 1.0)
 
-    if remat:  # keep one exit's logits alive at a time in the backward pass too
+    if remat and len(exits) > 1:  # keep one exit's logits alive at a time in the backward pass too
         one = jax.checkpoint(one)
     return jax.lax.map(one, (h_ExBxLxD, jnp.arange(len(exits), dtype=jnp.int32)))
 
