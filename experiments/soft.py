@@ -249,8 +249,10 @@ def make_judge(cfg: SoftExperiment, mesh):
     return ev.LLMJudge(generate), f"LLM judge {cfg.judge}"
 
 
-def analyse(cfg: SoftExperiment, models: dict, tok, examples, exits, figdir: str) -> dict:
-    """KL to the last layer and hidden-state cosine per position (Figs. 5.4 / 5.5)."""
+def analyse(cfg: SoftExperiment, models: dict, tok, examples, exits, figdir: str, write: bool = True) -> dict:
+    """KL to the last layer and hidden-state cosine per position (Figs. 5.4 / 5.5).
+
+    Runs on every process (the arrays span the pod); only ``write`` draws the PNGs."""
     import jax.numpy as jnp
 
     from sortedjax import analysis
@@ -263,15 +265,17 @@ def analyse(cfg: SoftExperiment, models: dict, tok, examples, exits, figdir: str
     tokens, att = jnp.asarray(enc.inputs[:, :length]), jnp.asarray(att[:, :length])
     summary, figs = {}, []
     for name, (model, own) in models.items():
-        kl = analysis.exit_kl(model, tokens, exits, attention_mask=att, own_heads=own)
+        heads = [own.index(e) if e in own else None for e in exits]
+        kl = analysis.exit_kl(model, tokens, exits, attention_mask=att, heads=heads)
         cos, cos_mat = analysis.hidden_cosine(model, tokens, exits, attention_mask=att)
-        figs.append(analysis.heatmap(kl, os.path.join(figdir, f"kl_{name}.png"), title=f"{name}: KL(last || exit) per position",
-                                     row_labels=exits, col_labels=range(length), xlabel="position", ylabel="exit", annotate=False))
-        figs.append(analysis.heatmap(cos, os.path.join(figdir, f"cosine_{name}.png"),
-                                     title=f"{name}: cosine(hidden at exit, last layer)", row_labels=exits,
-                                     col_labels=range(length), xlabel="position", ylabel="exit", annotate=False))
-        figs.append(analysis.heatmap(cos_mat, os.path.join(figdir, f"cosine_matrix_{name}.png"),
-                                     title=f"{name}: hidden-state cosine between exits", row_labels=exits, col_labels=exits))
+        if write:
+            figs.append(analysis.heatmap(kl, os.path.join(figdir, f"kl_{name}.png"), title=f"{name}: KL(last || exit) per position",
+                                         row_labels=exits, col_labels=range(length), xlabel="position", ylabel="exit", annotate=False))
+            figs.append(analysis.heatmap(cos, os.path.join(figdir, f"cosine_{name}.png"),
+                                         title=f"{name}: cosine(hidden at exit, last layer)", row_labels=exits,
+                                         col_labels=range(length), xlabel="position", ylabel="exit", annotate=False))
+            figs.append(analysis.heatmap(cos_mat, os.path.join(figdir, f"cosine_matrix_{name}.png"),
+                                         title=f"{name}: hidden-state cosine between exits", row_labels=exits, col_labels=exits))
         summary[name] = {"kl_mean_per_exit": kl.mean(1).tolist(), "cosine_to_last_per_exit": cos.mean(1).tolist(),
                          "cosine_matrix": cos_mat.tolist()}
     return {"per_method": summary, "figures": figs}
@@ -396,9 +400,9 @@ def run(cfg: SoftExperiment) -> dict:
         figs.append(analysis.heatmap(em, os.path.join(cfg.workdir, "exact_match.png"), title="exact match (%) per exit",
                                      row_labels=[m for m in ("sft", "soft", "sft_ict") if m in results], col_labels=exits,
                                      xlabel="exit layer"))
-    ana = analyse(cfg, {"sft": (trained["sft"], False), "soft": (trained["soft"], False),
-                        **({"sft_ict": (trained["sft_ict"], True)} if "sft_ict" in trained else {})},
-                  tok, eval_ex, exits if "sft_ict" not in trained else exits, cfg.workdir) if main else {}
+    ana = analyse(cfg, {"sft": (trained["sft"], ()), "soft": (trained["soft"], ()),
+                        **({"sft_ict": (trained["sft_ict"], inner)} if "sft_ict" in trained else {})},
+                  tok, eval_ex, exits, cfg.workdir, write=main)
     results["analysis"] = ana.get("per_method", {})
     results["figures"] = figs + ana.get("figures", [])
     times["analysis"] = time.time() - t0

@@ -22,20 +22,23 @@ def _weights(attention_mask, shape):
     return jnp.asarray(attention_mask, jnp.float32)
 
 
-def exit_kl(model, tokens_BxL, exits: Sequence[int], attention_mask=None, own_heads: bool = False) -> np.ndarray:
-    """``E x L``: mean over the batch of KL(last layer || exit) at each position.
+def exit_kl(model, tokens_BxL, exits: Sequence[int], attention_mask=None,
+            heads: Sequence[int | None] | None = None) -> np.ndarray:
+    """``E x L``: mean over the batch of KL(last exit || exit) at each position.
 
-    The last layer is ``exits[-1]``; with ``own_heads`` exit ``j < E-1`` uses its own head
-    ``j`` and the last exit the shared head.
+    The reference is ``exits[-1]``. ``heads[j]``: the own-head index of exit ``j`` (SFT+ICT)
+    or None for the shared final norm + head (the default for every exit).
     """
     exits = tuple(exits)
+    heads = tuple(heads) if heads is not None else (None,) * len(exits)
+    if len(heads) != len(exits):
+        raise ValueError(f"{len(heads)} heads for {len(exits)} exits")
     h_E = model.hidden_states(jnp.asarray(tokens_BxL), exits, attention_mask=attention_mask)
-    last = jax.nn.log_softmax(model.logits_from_hidden(h_E[-1]), axis=-1)
+    last = jax.nn.log_softmax(model.logits_from_hidden(h_E[-1], heads[-1]), axis=-1)
     w_BxL = _weights(attention_mask, tokens_BxL.shape)
     rows = []
     for j in range(len(exits)):
-        head = j if own_heads and j < len(exits) - 1 else None
-        lp = jax.nn.log_softmax(model.logits_from_hidden(h_E[j], head), axis=-1)
+        lp = jax.nn.log_softmax(model.logits_from_hidden(h_E[j], heads[j]), axis=-1)
         kl_BxL = jnp.sum(jnp.exp(last) * (last - lp), axis=-1)
         rows.append(jnp.sum(kl_BxL * w_BxL, 0) / jnp.maximum(jnp.sum(w_BxL, 0), 1.0))
     return np.asarray(jnp.stack(rows))
