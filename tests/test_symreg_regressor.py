@@ -45,4 +45,4 @@ def test_generator_source():
   assert a == src.propose(X, Y, 6) and len(a) == 6 and len(set(a)) == 6
   assert all("x2" not in s for s in a)
   both = CombinedCandidates(FixedCandidates(["C*x1+C"]), src).propose(X, Y, 3)
-  assert both[0] == "C*x1+C" and len(both) == 4
+  assert both[0] == "C*x1+C" and both == list(dict.fromkeys(["C*x1+C"] + src.propose(X, Y, 3)))
