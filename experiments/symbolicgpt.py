@@ -51,11 +51,11 @@ class Config:
     setting: str = "1var"
     workdir: str = "runs/symbolicgpt"
     # data and model
-    n_train: int = 12000
+    n_train: int = 10000
     preset: str = "cpu"
     max_len: int = 48
     # training (AdamW, warmup + cosine)
-    steps: int = 500
+    steps: int = 600
     batch_size: int = 64
     learning_rate: float = 2e-3
     warmup_steps: int = 40
@@ -66,10 +66,13 @@ class Config:
     sampling: str = "top_k"
     top_k: int = 40
     top_p: float = 0.9
+    n_starts: int = 8  # BFGS restarts per candidate
     methods: tuple[str, ...] = METHODS
     benchmarks: tuple[str, ...] = ("nguyen", "feynman")
     gplearn_population: int = 1000
     gplearn_generations: int = 10
+    operon_generations: int = 1000
+    operon_population: int = 1000
     sweep_problems: int = 15  # problems used for Fig. 2.3b / 2.3c sweeps (0: skip)
     seed: int = 0
     workers: int = 2
@@ -95,7 +98,8 @@ class Config:
 
 
 QUICK = dict(n_train=1500, preset="tiny", steps=150, batch_size=32, n_test=6, n_samples=16,
-             gplearn_population=200, gplearn_generations=5, sweep_problems=3)
+             gplearn_population=200, gplearn_generations=5, operon_generations=50,
+             operon_population=200, sweep_problems=3)
 
 
 # ----------------------------------------------------------------------------- data
@@ -107,7 +111,8 @@ def _ensure_dataset(cfg: Config, split: str, n: int, seed: int) -> list[dict]:
     path = os.path.join(cfg.workdir, "data", f"{cfg.setting}-{split}-{n}-{seed}")
     if not os.path.exists(os.path.join(path, "manifest.json")):
         write_dataset(path, n, seed, split, DatasetConfig(n_vars=SETTINGS[cfg.setting]),
-                      shard_size=max(1, -(-n // cfg.workers)), workers=cfg.workers, progress=cfg.progress)
+                      shard_size=max(1, -(-n // cfg.workers)), workers=cfg.workers if n >= 2000 else 1,
+                      progress=cfg.progress)
     return load_dataset(path)
 
 
@@ -201,7 +206,8 @@ def make_method(name: str, cfg: Config, model=None, n_samples: int | None = None
         sampling = SamplingConfig(method=cfg.sampling, top_k=cfg.top_k, top_p=cfg.top_p)
         source = NeuralCandidateSource(model, SkeletonTokenizer(), n_samples=n_samples or cfg.n_samples,
                                        sampling=sampling, seed=cfg.seed)
-        return SymbolicGPTRegressor(candidate_source=source, n_candidates=n_samples or cfg.n_samples)
+        return SymbolicGPTRegressor(candidate_source=source, n_candidates=n_samples or cfg.n_samples,
+                                    n_starts=cfg.n_starts, seed=cfg.seed)
     from symreg import baselines
 
     if name == "gplearn":
@@ -209,7 +215,8 @@ def make_method(name: str, cfg: Config, model=None, n_samples: int | None = None
                                          generations=cfg.gplearn_generations, random_state=cfg.seed)
     if name == "mlp":
         return baselines.MLPBaseline(random_state=cfg.seed)
-    return baselines.OperonBaseline(random_state=cfg.seed)
+    return baselines.OperonBaseline(generations=cfg.operon_generations, population_size=cfg.operon_population,
+                                    random_state=cfg.seed)
 
 
 def run_one(method, problem: dict) -> dict:

@@ -135,6 +135,22 @@ class NeuralCandidateSource:
         self._rng = np.random.default_rng(seed)
         self._key = jax.random.key(seed)
 
+    @classmethod
+    def from_pretrained(cls, workdir: str, n_samples: int | None = None, seed: int = 0, **kwargs):
+        """The source for the model saved in ``workdir`` (or ``workdir/model``) by training,
+        with the sampling settings and sample count stored next to it unless overridden."""
+        import os
+
+        from symreg.model import load_pretrained
+        from symreg.tokenizer import SkeletonTokenizer
+
+        path = os.path.join(workdir, "model")
+        path = path if os.path.exists(os.path.join(path, "config.json")) else workdir
+        model, config = load_pretrained(path)
+        sampling = kwargs.pop("sampling", None) or SamplingConfig(**config.get("sampling", {}))
+        n = n_samples or config.get("n_samples", 50)
+        return cls(model, SkeletonTokenizer(), n_samples=n, sampling=sampling, seed=seed, **kwargs)
+
     def propose_many(self, problems, n: int | None = None) -> list[list[str]]:
         """Skeletons for several ``(X, y)`` problems, decoded in one batch."""
         n = n or self.n_samples

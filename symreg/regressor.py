@@ -40,6 +40,17 @@ class SymbolicGPTRegressor:
       setattr(self, k, v)
     return self
 
+  # --- from_pretrained: neural candidate source (issue 4, symreg.decoding) -------------
+  @classmethod
+  def from_pretrained(cls, workdir: str, *, n_samples: int | None = None, seed: int = 0, **kwargs):
+    """A regressor whose candidates are sampled from the SymbolicGPT trained in ``workdir``
+    (``python -m experiments.symbolicgpt train --workdir DIR`` saves it in ``DIR/model``)."""
+    from symreg.decoding import NeuralCandidateSource
+
+    source = NeuralCandidateSource.from_pretrained(workdir, n_samples=n_samples, seed=seed)
+    return cls(candidate_source=source, n_candidates=source.n_samples, seed=seed, **kwargs)
+  # --- end from_pretrained ------------------------------------------------------------
+
   def fit(self, X, y):
     X, y = fit.check_data(X, y, max_vars=self.max_vars)
     if self.n_candidates < 1:
