@@ -63,7 +63,7 @@ class SoftExperiment:
     learning_rate: float = 1e-3
     ict_steps: int = 60
     ict_learning_rate: float = 3e-3
-    extracted: str = ""  # layer counts for extracted fine-tuning: "3,5"; "auto" = the middle exit; "" = none
+    extracted: str = "auto"  # layer counts for extracted fine-tuning: "3,5"; "auto" = the middle exit; "" = none
     max_len: int = 48
     max_response_len: int = 8
     max_new_tokens: int = 6
