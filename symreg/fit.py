@@ -32,19 +32,22 @@ import sympy
 from symreg import expressions, metrics, program
 
 FAILED_MSE_N = 1e30
-BACKENDS = ("jaxopt", "optax")
+BACKENDS = ("bfgs", "jaxopt", "optax")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class FitConfig:
   n_starts: int = 16
-  backend: str = "jaxopt"
-  linesearch: str = "backtracking"  # or "zoom": more robust steps, ~2x the compile time
+  backend: str = "bfgs"
+  linesearch: str = "backtracking"  # jaxopt / optax: or "zoom", more robust steps, ~2x the compile time
+  maxls: int = 8  # jaxopt / optax: line-search evaluations per iteration (vmapped, every lane pays the max)
   maxiter: int = 100
   tol: float = 1e-6
   init_range: tuple[float, float] = (-3.0, 3.0)
   penalty: float = 10.0
-  max_batch_elements: int = 1 << 21  # batch * starts * points * program length per chunk
+  max_batch_elements: int = 1 << 21  # batch * starts * points * program slots per chunk
+  min_slots: int = 8  # leaf and operation slots are each padded to a power of two >= this
+  min_consts: int = 8  # constants likewise (their cost is small; fewer shapes to compile)
   min_batch: int = 8  # batches are padded to >= this, so small calls share one compile
   min_starts: int = 16  # starts are padded (repeating start 0) so n_starts <= 16 share one compile
 
@@ -55,6 +58,8 @@ class FitConfig:
       raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
     if self.linesearch not in ("backtracking", "zoom"):
       raise ValueError(f"linesearch must be 'backtracking' or 'zoom', got {self.linesearch!r}")
+    if self.maxls < 1:
+      raise ValueError(f"maxls must be >= 1, got {self.maxls}")
     if self.maxiter < 1:
       raise ValueError(f"maxiter must be >= 1, got {self.maxiter}")
     if not self.tol > 0:
@@ -108,22 +113,81 @@ def _objective(c_K, prog, X_NxD, y_N, m_N, penalty):
   return mse / scale + penalty * jnp.sum(m_N * viol) / n
 
 
-def _bfgs_jaxopt(fun, init, maxiter, tol, linesearch):
+def _bfgs_jaxopt(fun, init, maxiter, tol, linesearch, maxls):
   import jaxopt
 
-  solver = jaxopt.BFGS(fun=fun, maxiter=maxiter, tol=tol, linesearch=linesearch, implicit_diff=False)
+  if linesearch == "backtracking":  # jaxopt's default shrinks by only 0.8 per try: too slow for few tries
+    linesearch = jaxopt.BacktrackingLineSearch(fun=fun, maxiter=maxls, decrease_factor=0.25, jit=True)
+  solver = jaxopt.BFGS(fun=fun, maxiter=maxiter, tol=tol, linesearch=linesearch, maxls=maxls,
+                       implicit_diff=False)
   return solver.run(init).params
 
 
-def _lbfgs_optax(fun, init, maxiter, tol, linesearch):
+def _bfgs_lockstep(fun, init, maxiter, tol, linesearch, maxls):
+  """BFGS with exactly one value-and-gradient per iteration, for lanes run in lockstep.
+
+  vmapped, a while loop runs until its slowest lane is done, so an inner line-search loop
+  costs every lane the worst lane's number of evaluations. Here the backtracking is spread
+  over iterations instead: each iteration evaluates one trial point ``c + alpha * d``; if
+  it gives sufficient (Armijo) decrease it is taken with a BFGS update of the inverse
+  Hessian, else the lane stays put and ``alpha`` shrinks (safeguarded quadratic
+  interpolation). A lane is done when its gradient max-norm is below ``tol`` or its step
+  has shrunk to nothing twice in a row (once after resetting the Hessian)."""
+  del linesearch, maxls
+  vag = jax.value_and_grad(fun)
+  K = init.shape[0]
+  eye = jnp.eye(K, dtype=init.dtype)
+  f0, g0 = vag(init)
+
+  def cont(s):
+    return (s["it"] < maxiter) & ~s["done"]
+
+  def step(s):
+    c, f, g, H, alpha = s["c"], s["f"], s["g"], s["H"], s["alpha"]
+    d = -H @ g
+    slope = g @ d
+    bad_dir = ~(slope < 0)  # not a descent direction: fall back to steepest descent
+    d = jnp.where(bad_dir, -g, d)
+    slope = jnp.where(bad_dir, -(g @ g), slope)
+    H = jnp.where(bad_dir, eye, H)
+    c_t = c + alpha * d
+    f_t, g_t = vag(c_t)
+    ok = jnp.isfinite(f_t) & jnp.all(jnp.isfinite(g_t)) & (f_t <= f + 1e-4 * alpha * slope)
+    # accepted: BFGS update (first one scales H by s.y / y.y), next trial min(1, 4 alpha)
+    sv, yv = c_t - c, g_t - g
+    sy = sv @ yv
+    curv = sy > 1e-10 * jnp.sqrt((sv @ sv) * (yv @ yv))
+    H0 = jnp.where(s["first"], eye * sy / jnp.maximum(yv @ yv, 1e-30), H)
+    rho = 1.0 / jnp.where(curv, sy, 1.0)
+    V = eye - rho * jnp.outer(sv, yv)
+    H_new = jnp.where(curv, V @ H0 @ V.T + rho * jnp.outer(sv, sv), H)
+    # rejected: minimiser of the quadratic through f, slope and f_t, kept in [0.1, 0.5] alpha
+    q = -slope * alpha ** 2 / (2.0 * (f_t - f - slope * alpha))
+    shrink = jnp.where(jnp.isfinite(q), jnp.clip(q, 0.1 * alpha, 0.5 * alpha), 0.1 * alpha)
+    tiny = ~ok & (shrink < 1e-10)
+    done = s["done"] | (ok & (jnp.max(jnp.abs(g_t)) < tol)) | (tiny & s["reset"])
+    return {
+        "c": jnp.where(ok, c_t, c), "f": jnp.where(ok, f_t, f), "g": jnp.where(ok, g_t, g),
+        "H": jnp.where(ok, H_new, jnp.where(tiny, eye, H)),
+        "alpha": jnp.where(ok, jnp.minimum(1.0, 4.0 * alpha), jnp.where(tiny, 1.0, shrink)),
+        "first": s["first"] & ~(ok & curv), "reset": jnp.where(ok, False, s["reset"] | tiny),
+        "done": done, "it": s["it"] + 1}
+
+  s = {"c": init, "f": f0, "g": g0, "H": eye, "alpha": jnp.ones((), init.dtype),
+       "first": jnp.array(True), "reset": jnp.array(False),
+       "done": ~jnp.isfinite(f0) | (jnp.max(jnp.abs(g0)) < tol), "it": jnp.array(0)}
+  return jax.lax.while_loop(cont, step, s)["c"]
+
+
+def _lbfgs_optax(fun, init, maxiter, tol, linesearch, maxls):
   import optax
   import optax.tree_utils as otu
 
   if linesearch == "zoom":
-    opt = optax.lbfgs()
+    opt = optax.lbfgs(linesearch=optax.scale_by_zoom_linesearch(max_linesearch_steps=maxls))
   else:
     opt = optax.lbfgs(linesearch=optax.scale_by_backtracking_linesearch(
-        max_backtracking_steps=30, store_grad=True))
+        max_backtracking_steps=maxls, store_grad=True))
   value_and_grad = optax.value_and_grad_from_state(fun)
 
   def step(carry):
@@ -142,14 +206,14 @@ def _lbfgs_optax(fun, init, maxiter, tol, linesearch):
   return params
 
 
-@functools.partial(jax.jit, static_argnames=("backend", "linesearch", "maxiter", "tol", "penalty"))
-def _fit_batch(prog, init_SxK, X_BxNxD, y_BxN, m_BxN, *, backend, linesearch, maxiter, tol, penalty):
+@functools.partial(jax.jit, static_argnames=("backend", "linesearch", "maxls", "maxiter", "tol", "penalty"))
+def _fit_batch(prog, init_SxK, X_BxNxD, y_BxN, m_BxN, *, backend, linesearch, maxls, maxiter, tol, penalty):
   """BFGS for B programs x S starts -> best constants (B, K), loss (B,), y_hat (B, N), valid (B,)."""
-  solve = _bfgs_jaxopt if backend == "jaxopt" else _lbfgs_optax
+  solve = {"bfgs": _bfgs_lockstep, "jaxopt": _bfgs_jaxopt, "optax": _lbfgs_optax}[backend]
 
   def one_problem(p, X, y, m):
     fun = functools.partial(_objective, prog=p, X_NxD=X, y_N=y, m_N=m, penalty=penalty)
-    c_SxK = jax.vmap(lambda c0: solve(fun, c0, maxiter, tol, linesearch))(init_SxK)
+    c_SxK = jax.vmap(lambda c0: solve(fun, c0, maxiter, tol, linesearch, maxls))(init_SxK)
     loss_S = jax.vmap(fun)(c_SxK)
     ok = jnp.isfinite(loss_S) & jnp.all(jnp.isfinite(c_SxK), axis=1)
     loss_S = jnp.where(ok, loss_S, jnp.inf)
@@ -190,23 +254,25 @@ def fit_problems(skeletons: list[str], Xs: list, ys: list, *, seed: int = 0,
       results[i] = _failed(sk, f"skeleton uses x{p.n_vars} but X has {X.shape[1]} variables")
       continue
     todo.append((i, p))
-  if todo:
-    L = program.bucket(max(p.length for _, p in todo), 16)
-    K = program.bucket(max(p.n_consts for _, p in todo), 4)
-    N = program.bucket(max(len(data[i][1]) for i, _ in todo), 32)
-    S = max(cfg.n_starts, cfg.min_starts)
+  groups: dict[int, list] = {}  # by slot bucket: short programs don't pay for long ones
+  for i, p in todo:
+    groups.setdefault(program.bucket(max(p.n_leaves, p.length - p.n_leaves), cfg.min_slots), []).append((i, p))
+  S = max(cfg.n_starts, cfg.min_starts)
+  for M, group in sorted(groups.items()):
+    P = M  # leaf slots = operation slots: one shape parameter, fewer compiles
+    K = program.bucket(max(p.n_consts for _, p in group), cfg.min_consts)
+    N = program.bucket(max(len(data[i][1]) for i, _ in group), 32)
     init = np.random.default_rng(seed).uniform(*cfg.init_range, size=(S, K))
     init[0] = 1.0
     init[cfg.n_starts:] = init[0]  # padding starts repeat start 0: same result, same shape
-    per_chunk = max(1, cfg.max_batch_elements // (S * N * L))
-    chunk = min(program.bucket(len(todo), cfg.min_batch), 1 << (per_chunk.bit_length() - 1))
-    for s in range(0, len(todo), chunk):
-      part = todo[s:s + chunk]
-      _fit_chunk(part, data, results, init, L, N, chunk, cfg)
+    per_chunk = max(1, cfg.max_batch_elements // (S * N * (M + P)))
+    chunk = min(program.bucket(len(group), cfg.min_batch), 1 << (per_chunk.bit_length() - 1))
+    for s in range(0, len(group), chunk):
+      _fit_chunk(group[s:s + chunk], data, results, init, M, P, N, chunk, cfg)
   return results  # type: ignore[return-value]
 
 
-def _fit_chunk(part, data, results, init, L, N, chunk, cfg):
+def _fit_chunk(part, data, results, init, M, P, N, chunk, cfg):
   B = len(part)
   progs = [p for _, p in part] + [part[0][1]] * (chunk - B)  # pad the batch with copies
   X = np.zeros((chunk, N, expressions.MAX_VARS), np.float32)
@@ -218,8 +284,9 @@ def _fit_chunk(part, data, results, init, L, N, chunk, cfg):
     y[j, :len(yi)] = yi
     m[j, :len(yi)] = 1.0
   c, loss, y_hat, valid = jax.device_get(_fit_batch(
-      program.pad_programs(progs, L), jnp.asarray(init, jnp.float32), X, y, m,
-      backend=cfg.backend, linesearch=cfg.linesearch, maxiter=cfg.maxiter, tol=cfg.tol, penalty=cfg.penalty))
+      program.pack_programs(progs, M, P), jnp.asarray(init, jnp.float32), X, y, m,
+      backend=cfg.backend, linesearch=cfg.linesearch, maxls=cfg.maxls, maxiter=cfg.maxiter, tol=cfg.tol,
+      penalty=cfg.penalty))
   for j, (i, p) in enumerate(part):
     n = len(data[i][1])
     const = np.asarray(c[j, :p.n_consts], np.float64)

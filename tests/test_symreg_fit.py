@@ -1,5 +1,5 @@
-"""Constant fitting. Every fit here uses 30 points, <= 8 skeletons and programs of <= 16
-instructions, so all tests share one compiled program per backend."""
+"""Constant fitting. Every fit here uses 30 points, <= 8 skeletons, <= 8 leaves and <= 8
+operations per program, so all tests share one compiled program per backend."""
 
 import numpy as np
 import pytest
@@ -33,10 +33,12 @@ def test_backends_agree():
   y = [Y1, 0.7 * np.exp(0.4 * X1[:, 0]) - 1.1, 0.5 * X1[:, 0] ** 2 - 2.0 * X1[:, 0] + 0.3]
   a = fit.fit_problems(sks, [X1] * 3, y, backend="jaxopt")
   b = fit.fit_problems(sks, [X1] * 3, y, backend="optax")
-  for ra, rb, yi in zip(a, b, y):
-    assert ra.success and rb.success
-    assert ra.mse_n < 1e-9 and rb.mse_n < 1e-9
+  c = fit.fit_problems(sks, [X1] * 3, y, backend="bfgs")
+  for ra, rb, rc in zip(a, b, c):
+    assert ra.success and rb.success and rc.success
+    assert ra.mse_n < 1e-9 and rb.mse_n < 1e-9 and rc.mse_n < 1e-9
     np.testing.assert_allclose(np.abs(ra.constants), np.abs(rb.constants), rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(np.abs(ra.constants), np.abs(rc.constants), rtol=1e-3, atol=1e-3)
   np.testing.assert_allclose(a[2].constants, [0.5, -2.0, 0.3], atol=1e-3)
   np.testing.assert_allclose(b[1].constants, [0.7, 0.4, -1.1], atol=1e-3)
 
