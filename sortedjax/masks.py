@@ -68,7 +68,7 @@ def depth_scan(
       x: input activations.
       depth: int32 scalar (may be traced) in ``1..L``; ``None`` runs all layers. Layers
         ``i >= depth`` are skipped with ``lax.cond`` (their compute is not executed).
-      exits: 1-based layer counts whose outputs to collect (static ints or an int32
+      exits: distinct 1-based layer counts whose outputs to collect (static ints or an int32
         array). Exit ``e`` is the hidden state after layer ``e`` (an exit past ``depth``
         holds the state after ``depth`` layers, since skipped layers are the identity).
       remat: rematerialize each layer in the backward pass (saves activation memory).
@@ -103,9 +103,11 @@ def depth_scan(
         h, buf = carry
         i, p = inp
         h = lax.cond(i < depth_, lambda h: fn(p, h), lambda h: h, h)
-        if collect:
-            hit = (exits_E == i + 1).reshape((-1,) + (1,) * h.ndim)
-            buf = jnp.where(hit, h[None], buf)
+        if collect:  # write only the slot of a hit exit (no E x ... broadcast mask per layer)
+            hit = exits_E == i + 1
+            buf = lax.cond(
+                hit.any(), lambda b: lax.dynamic_update_index_in_dim(b, h, jnp.argmax(hit), 0), lambda b: b, buf
+            )
         return (h, buf), None
 
     idx = jnp.arange(num_layers, dtype=jnp.int32)
