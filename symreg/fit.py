@@ -42,6 +42,8 @@ class FitConfig:
   linesearch: str = "backtracking"  # jaxopt / optax: or "zoom", more robust steps, ~2x the compile time
   maxls: int = 8  # jaxopt / optax: line-search evaluations per iteration (vmapped, every lane pays the max)
   maxiter: int = 100
+  keep_starts: int = 4  # bfgs: after prune_after iterations only this many best starts go on
+  prune_after: int = 25
   tol: float = 1e-6
   init_range: tuple[float, float] = (-3.0, 3.0)
   penalty: float = 10.0
@@ -60,6 +62,9 @@ class FitConfig:
       raise ValueError(f"linesearch must be 'backtracking' or 'zoom', got {self.linesearch!r}")
     if self.maxls < 1:
       raise ValueError(f"maxls must be >= 1, got {self.maxls}")
+    if self.keep_starts < 1 or self.prune_after < 0:
+      raise ValueError(f"keep_starts must be >= 1 and prune_after >= 0, got {self.keep_starts}, "
+                       f"{self.prune_after}")
     if self.maxiter < 1:
       raise ValueError(f"maxiter must be >= 1, got {self.maxiter}")
     if not self.tol > 0:
@@ -123,7 +128,16 @@ def _bfgs_jaxopt(fun, init, maxiter, tol, linesearch, maxls):
   return solver.run(init).params
 
 
-def _bfgs_lockstep(fun, init, maxiter, tol, linesearch, maxls):
+def _lockstep_init(fun, init):
+  f0, g0 = jax.value_and_grad(fun)(init)
+  eye = jnp.eye(init.shape[0], dtype=init.dtype)
+  return {"c": init, "f": f0, "g": g0, "H": eye,  # first trial step at most 1 / |g|
+          "alpha": jnp.minimum(1.0, 1.0 / jnp.maximum(jnp.sqrt(g0 @ g0), 1e-30)).astype(init.dtype),
+          "first": jnp.array(True), "reset": jnp.array(False),
+          "done": ~jnp.isfinite(f0), "it": jnp.array(0)}
+
+
+def _lockstep_run(fun, s, maxiter, tol):
   """BFGS with exactly one value-and-gradient per iteration, for lanes run in lockstep.
 
   vmapped, a while loop runs until its slowest lane is done, so an inner line-search loop
@@ -132,12 +146,10 @@ def _bfgs_lockstep(fun, init, maxiter, tol, linesearch, maxls):
   it gives sufficient (Armijo) decrease it is taken with a BFGS update of the inverse
   Hessian, else the lane stays put and ``alpha`` shrinks (safeguarded quadratic
   interpolation). A lane is done when its gradient max-norm is below ``tol`` or its step
-  has shrunk to nothing twice in a row (once after resetting the Hessian)."""
-  del linesearch, maxls
+  has shrunk to nothing twice in a row (once after resetting the Hessian). Runs until
+  iteration ``maxiter`` (counted from the state's own ``it``), so it can be resumed."""
   vag = jax.value_and_grad(fun)
-  K = init.shape[0]
-  eye = jnp.eye(K, dtype=init.dtype)
-  f0, g0 = vag(init)
+  eye = jnp.eye(s["c"].shape[0], dtype=s["c"].dtype)
 
   def cont(s):
     return (s["it"] < maxiter) & ~s["done"]
@@ -173,10 +185,18 @@ def _bfgs_lockstep(fun, init, maxiter, tol, linesearch, maxls):
         "first": s["first"] & ~(ok & curv), "reset": jnp.where(ok, False, s["reset"] | tiny),
         "done": done, "it": s["it"] + 1}
 
-  s = {"c": init, "f": f0, "g": g0, "H": eye, "alpha": jnp.ones((), init.dtype),
-       "first": jnp.array(True), "reset": jnp.array(False),
-       "done": ~jnp.isfinite(f0) | (jnp.max(jnp.abs(g0)) < tol), "it": jnp.array(0)}
-  return jax.lax.while_loop(cont, step, s)["c"]
+  s = dict(s, done=s["done"] | (jnp.max(jnp.abs(s["g"])) < tol))
+  return jax.lax.while_loop(cont, step, s)
+
+
+def _bfgs_lockstep_multistart(fun, init_SxK, maxiter, tol, keep, prune_after):
+  """All starts for ``prune_after`` iterations, then only the ``keep`` best (lowest loss)
+  continue to ``maxiter``: most of the work goes to the starts that matter."""
+  s = jax.vmap(lambda c0: _lockstep_run(fun, _lockstep_init(fun, c0), prune_after, tol))(init_SxK)
+  if keep < init_SxK.shape[0]:
+    top = jnp.argsort(jnp.where(jnp.isfinite(s["f"]), s["f"], jnp.inf))[:keep]
+    s = jax.tree.map(lambda z: z[top], s)
+  return jax.vmap(lambda st: _lockstep_run(fun, st, maxiter, tol))(s)["c"]
 
 
 def _lbfgs_optax(fun, init, maxiter, tol, linesearch, maxls):
@@ -206,14 +226,19 @@ def _lbfgs_optax(fun, init, maxiter, tol, linesearch, maxls):
   return params
 
 
-@functools.partial(jax.jit, static_argnames=("backend", "linesearch", "maxls", "maxiter", "tol", "penalty"))
-def _fit_batch(prog, init_SxK, X_BxNxD, y_BxN, m_BxN, *, backend, linesearch, maxls, maxiter, tol, penalty):
+@functools.partial(jax.jit, static_argnames=("backend", "linesearch", "maxls", "maxiter", "tol", "penalty",
+                                             "keep", "prune_after"))
+def _fit_batch(prog, init_SxK, X_BxNxD, y_BxN, m_BxN, *, backend, linesearch, maxls, maxiter, tol, penalty,
+               keep, prune_after):
   """BFGS for B programs x S starts -> best constants (B, K), loss (B,), y_hat (B, N), valid (B,)."""
-  solve = {"bfgs": _bfgs_lockstep, "jaxopt": _bfgs_jaxopt, "optax": _lbfgs_optax}[backend]
+  solve = {"jaxopt": _bfgs_jaxopt, "optax": _lbfgs_optax}.get(backend)
 
   def one_problem(p, X, y, m):
     fun = functools.partial(_objective, prog=p, X_NxD=X, y_N=y, m_N=m, penalty=penalty)
-    c_SxK = jax.vmap(lambda c0: solve(fun, c0, maxiter, tol, linesearch, maxls))(init_SxK)
+    if backend == "bfgs":
+      c_SxK = _bfgs_lockstep_multistart(fun, init_SxK, maxiter, tol, keep, min(prune_after, maxiter))
+    else:
+      c_SxK = jax.vmap(lambda c0: solve(fun, c0, maxiter, tol, linesearch, maxls))(init_SxK)
     loss_S = jax.vmap(fun)(c_SxK)
     ok = jnp.isfinite(loss_S) & jnp.all(jnp.isfinite(c_SxK), axis=1)
     loss_S = jnp.where(ok, loss_S, jnp.inf)
@@ -286,7 +311,7 @@ def _fit_chunk(part, data, results, init, M, P, N, chunk, cfg):
   c, loss, y_hat, valid = jax.device_get(_fit_batch(
       program.pack_programs(progs, M, P), jnp.asarray(init, jnp.float32), X, y, m,
       backend=cfg.backend, linesearch=cfg.linesearch, maxls=cfg.maxls, maxiter=cfg.maxiter, tol=cfg.tol,
-      penalty=cfg.penalty))
+      penalty=cfg.penalty, keep=min(cfg.keep_starts, init.shape[0]), prune_after=cfg.prune_after))
   for j, (i, p) in enumerate(part):
     n = len(data[i][1])
     const = np.asarray(c[j, :p.n_consts], np.float64)
