@@ -1,6 +1,8 @@
 """Constant fitting. Every fit here uses 30 points, <= 8 skeletons, <= 8 leaves and <= 8
 operations per program, so all tests share one compiled program per backend."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -76,3 +78,24 @@ def test_program_matches_numpy():
   p = program.compile_skeleton("C*sin(C*x1)+C")
   assert (p.length, p.n_consts, p.n_vars) == (8, 3, 1)
   assert program.bucket(8, 16) == 16 and program.bucket(17, 16) == 32
+  # the interpreter and its hand-written gradient equal plain jnp code and its autodiff
+  x = jnp.asarray(X1[:, 0], jnp.float32)
+  cases = {"C*sin(C*x1)+C": lambda c: c[0] * jnp.sin(c[1] * x) + c[2],
+           "C*x1**3+exp(C*x1)/(C+x1**2)": lambda c: c[0] * x ** 3 + jnp.exp(c[1] * x) / (c[2] + x ** 2),
+           "atan(C*x1)+tanh(C*x1)*cos(x1)": lambda c: jnp.arctan(c[0] * x) + jnp.tanh(c[1] * x) * jnp.cos(x)}
+  progs = program.pack_programs([program.compile_skeleton(s) for s in cases], 16, 16)
+  c = jnp.asarray([0.7, -1.3, 2.1, 0.0])
+  @jax.jit
+  def run(p, c, X):  # value, violation, d sum(value^2) / dc, d sum(violation) / dc
+    f = lambda c, i: jnp.sum(program.evaluate(p, c, X)[i] ** (2 - i))
+    return (*program.evaluate(p, c, X), jax.grad(f)(c, 0), jax.grad(f)(c, 1))
+
+  for j, ref in enumerate(cases.values()):
+    y_hat, _, g, _ = run({k: v[j] for k, v in progs.items()}, c, jnp.asarray(X1, jnp.float32))
+    np.testing.assert_allclose(y_hat, ref(c), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(g, jax.grad(lambda c: jnp.sum(ref(c) ** 2))(c), rtol=1e-4, atol=1e-4)
+  # outside the domain: finite value and gradient, positive violation pushing back inside
+  p = program.pack_programs([program.compile_skeleton("log(C*x1)")], 16, 16)
+  pos = np.linspace(1.0, 3.0, 30, dtype=np.float32)[:, None] * np.ones((1, 9), np.float32)
+  y_hat, viol, _, g = run({k: v[0] for k, v in p.items()}, jnp.asarray([-2.0, 0, 0, 0]), pos)
+  assert np.all(np.isfinite(y_hat)) and np.all(viol > 0) and np.isfinite(g[0]) and g[0] < 0
