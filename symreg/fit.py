@@ -12,8 +12,8 @@ rule). Problems are grouped by program size and shapes are bucketed to powers of
 Start 0 is all ones (the original SymbolicGPT initial point); the others are uniform in
 ``init_range``. The objective is MSE / mean(y^2) plus ``penalty`` times the domain
 violation (see ``symreg.program``); a start whose loss or constants are not finite is
-discarded. The best start is reported with MSE_N of the unguarded model; a fit whose best
-constants still leave points outside the domain, or give non-finite predictions, is
+discarded. The best start inside the domain (no violation, predictions below the clip ``BIG``) is
+reported, with MSE_N of the unguarded model; when no start ends inside, the fit is
 marked failed with ``mse_n = FAILED_MSE_N`` (finite: results never hold NaN).
 
 Backends (tests check that all three agree):
@@ -248,13 +248,13 @@ def _fit_batch(prog, init_SxK, X_BxNxD, y_BxN, m_BxN, *, backend, linesearch, ma
     else:
       c_SxK = jax.vmap(lambda c0: solve(fun, c0, maxiter, tol, linesearch, maxls))(init_SxK)
     loss_S = jax.vmap(fun)(c_SxK)
+    y_SxN, viol_SxN = jax.vmap(lambda c: program.evaluate(p, c, X))(c_SxK)
     ok = jnp.isfinite(loss_S) & jnp.all(jnp.isfinite(c_SxK), axis=1)
-    loss_S = jnp.where(ok, loss_S, jnp.inf)
-    best = jnp.argmin(loss_S)
+    inside = ok & jnp.all(jnp.where(m > 0, (viol_SxN == 0) & (jnp.abs(y_SxN) < program.BIG), True), axis=1)
+    # the best start inside the domain; only if there is none, the best penalised one (a failure)
+    best = jnp.argmin(jnp.where(jnp.where(jnp.any(inside), inside, ok), loss_S, jnp.inf))
     c = jnp.where(ok[best], c_SxK[best], init_SxK[0])
-    y_hat, viol = program.evaluate(p, c, X)
-    valid = ok[best] & jnp.all(jnp.where(m > 0, (viol == 0) & jnp.isfinite(y_hat), True))
-    return c, loss_S[best], y_hat, valid
+    return c, jnp.where(ok[best], loss_S[best], jnp.inf), y_SxN[best], inside[best]
 
   return jax.vmap(one_problem)(prog, X_BxNxD, y_BxN, m_BxN)
 
