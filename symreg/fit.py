@@ -119,7 +119,10 @@ def check_data(X, y, max_vars: int = expressions.MAX_VARS) -> tuple[np.ndarray, 
 
 
 def _objective(c_K, prog, X_NxD, y_N, m_N, penalty):
-  y_hat, viol = program.evaluate(prog, c_K, X_NxD)
+  return _loss(*program.evaluate(prog, c_K, X_NxD), y_N, m_N, penalty)
+
+
+def _loss(y_hat, viol, y_N, m_N, penalty):
   n = jnp.sum(m_N)
   scale = jnp.sum(m_N * y_N ** 2) / n + 1e-12
   mse = jnp.sum(m_N * (y_hat - y_N) ** 2) / n
@@ -136,13 +139,14 @@ def _bfgs_jaxopt(fun, init, maxiter, tol, linesearch, maxls):
   return solver.run(init).params
 
 
-def _lockstep_init(fun, init):
-  f0, g0 = jax.value_and_grad(fun)(init)
-  eye = jnp.eye(init.shape[0], dtype=init.dtype)
-  return {"c": init, "f": f0, "g": g0, "H": eye,  # first trial step at most 1 / |g|
-          "alpha": jnp.minimum(1.0, 1.0 / jnp.maximum(jnp.sqrt(g0 @ g0), 1e-30)).astype(init.dtype),
-          "first": jnp.array(True), "reset": jnp.array(False),
-          "done": ~jnp.isfinite(f0), "it": jnp.array(0)}
+def _lockstep_init(init):
+  """A fresh lane: its first iteration evaluates ``init`` itself (alpha 0), so the loop
+  holds the only value-and-gradient of the compiled program (fewer copies to compile)."""
+  K = init.shape[0]
+  return {"c": init, "f": jnp.array(jnp.inf, init.dtype), "g": jnp.zeros_like(init),
+          "H": jnp.eye(K, dtype=init.dtype), "alpha": jnp.zeros((), init.dtype),
+          "fresh": jnp.array(True), "first": jnp.array(True), "reset": jnp.array(False),
+          "done": jnp.array(False), "it": jnp.array(0)}
 
 
 def _lockstep_run(fun, s, maxiter, tol):
@@ -185,22 +189,25 @@ def _lockstep_run(fun, s, maxiter, tol):
     q = -slope * alpha ** 2 / (2.0 * (f_t - f - slope * alpha))
     shrink = jnp.where(jnp.isfinite(q), jnp.clip(q, 0.1 * alpha, 0.5 * alpha), 0.1 * alpha)
     tiny = ~ok & (shrink < 1e-10)
-    done = s["done"] | (ok & (jnp.max(jnp.abs(g_t)) < tol)) | (tiny & s["reset"])
+    fresh = s["fresh"]
+    done = (s["done"] | (ok & (jnp.max(jnp.abs(g_t)) < tol)) | (tiny & s["reset"])
+            | (fresh & ~ok))  # a start that is not finite is dropped at once
+    # after the fresh evaluation, the first trial step is at most 1 / |g|
+    alpha_ok = jnp.where(fresh, 1.0 / jnp.maximum(jnp.sqrt(g_t @ g_t), 1.0), jnp.minimum(1.0, 4.0 * alpha))
     return {
         "c": jnp.where(ok, c_t, c), "f": jnp.where(ok, f_t, f), "g": jnp.where(ok, g_t, g),
         "H": jnp.where(ok, H_new, jnp.where(tiny, eye, H)),
-        "alpha": jnp.where(ok, jnp.minimum(1.0, 4.0 * alpha), jnp.where(tiny, 1.0, shrink)),
-        "first": s["first"] & ~(ok & curv), "reset": jnp.where(ok, False, s["reset"] | tiny),
-        "done": done, "it": s["it"] + 1}
+        "alpha": jnp.where(ok, alpha_ok, jnp.where(tiny, 1.0, shrink)).astype(alpha.dtype),
+        "fresh": fresh & False, "first": s["first"] & ~(ok & curv),
+        "reset": jnp.where(ok, False, s["reset"] | tiny), "done": done, "it": s["it"] + 1}
 
-  s = dict(s, done=s["done"] | (jnp.max(jnp.abs(s["g"])) < tol))
   return jax.lax.while_loop(cont, step, s)
 
 
 def _bfgs_lockstep_multistart(fun, init_SxK, maxiter, tol, keep, prune_after):
   """All starts for ``prune_after`` iterations, then only the ``keep`` best (lowest loss)
   continue to ``maxiter``: most of the work goes to the starts that matter."""
-  s = jax.vmap(lambda c0: _lockstep_run(fun, _lockstep_init(fun, c0), prune_after, tol))(init_SxK)
+  s = jax.vmap(lambda c0: _lockstep_run(fun, _lockstep_init(c0), prune_after, tol))(init_SxK)
   if keep < init_SxK.shape[0]:
     top = jnp.argsort(jnp.where(jnp.isfinite(s["f"]), s["f"], jnp.inf))[:keep]
     s = jax.tree.map(lambda z: z[top], s)
@@ -247,8 +254,8 @@ def _fit_batch(prog, init_SxK, X_BxNxD, y_BxN, m_BxN, *, backend, linesearch, ma
       c_SxK = _bfgs_lockstep_multistart(fun, init_SxK, maxiter, tol, keep, min(prune_after, maxiter))
     else:
       c_SxK = jax.vmap(lambda c0: solve(fun, c0, maxiter, tol, linesearch, maxls))(init_SxK)
-    loss_S = jax.vmap(fun)(c_SxK)
     y_SxN, viol_SxN = jax.vmap(lambda c: program.evaluate(p, c, X))(c_SxK)
+    loss_S = jax.vmap(lambda yh, v: _loss(yh, v, y, m, penalty))(y_SxN, viol_SxN)
     ok = jnp.isfinite(loss_S) & jnp.all(jnp.isfinite(c_SxK), axis=1)
     inside = ok & jnp.all(jnp.where(m > 0, (viol_SxN == 0) & (jnp.abs(y_SxN) < program.BIG), True), axis=1)
     # the best start inside the domain; only if there is none, the best penalised one (a failure)
