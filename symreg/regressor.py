@@ -21,7 +21,7 @@ from symreg.candidates import CandidateSource, GeneratorCandidates
 
 class SymbolicGPTRegressor:
   def __init__(self, candidate_source: CandidateSource | None = None, *, n_candidates: int = 32,
-               n_starts: int = 16, backend: str = "jaxopt", seed: int = 0, max_vars: int = expressions.MAX_VARS,
+               n_starts: int = 16, backend: str = "bfgs", seed: int = 0, max_vars: int = expressions.MAX_VARS,
                fit_config: fit.FitConfig | None = None):
     self.candidate_source = candidate_source
     self.n_candidates = n_candidates
