@@ -353,7 +353,7 @@ def write_figures(cfg: Config, records: list[dict], results: dict, sweeps: dict)
             ax.annotate(f"{r['n_samples']} samples", (r["median_seconds"], r["frac_below_-5"]), fontsize=7)
         for m, v in results[cfg.setting].items():
             if m != "symbolicgpt":
-                ax.plot(v["median_seconds"], v["frac_below_-5"], "s", label=m)
+                ax.plot(v["median_seconds"], v["frac_below"]["-5"], "s", label=m)
         ax.set(xscale="log", xlabel="median seconds per problem", ylabel="fraction log10 MSE_N < -5",
                title=f"performance over time ({cfg.setting}, {cfg.sweep_problems} problems)")
         ax.legend(fontsize=7)
