@@ -38,3 +38,22 @@ def test_generated_test_problems_fit_in_train_range_score_in_test_range(tmp_path
         assert np.all(np.abs(p["X"]) <= 3) and np.all(np.abs(p["X_test"]) >= 3)
         assert np.all(np.isfinite(p["y"])) and p["X"].shape == p["X_test"].shape
         np.testing.assert_allclose(sg._eval_on(p["expr"], p["X_test"]), p["y_test"], rtol=1e-3, atol=1e-3)
+
+
+def test_figures_and_summary_from_records(tmp_path, capsys):
+    """The output stage (every figure, incl. the sweeps' performance-over-time plot) runs on real-shaped data."""
+    recs = []
+    for ts in ("1var", "nguyen"):
+        for m, errs in (("symbolicgpt", (-12.0, -6.0, -1.0)), ("gplearn", (-3.0, -1.0, 0.5))):
+            recs += [{"test_set": ts, "method": m, "problem": f"{ts}-{i}", "true": "x1", "predicted": "x1",
+                      "log10_mse_n": e, "seconds": 0.5 + i, "n_points": 30} for i, e in enumerate(errs)]
+    res = sg.summarize(recs)
+    sweeps = {"samples": [{"n_samples": n, "median_seconds": 0.01 * n, "frac_below_-5": 0.1 * n} for n in (1, 4)],
+              "points": [{"n_points": n, "median_log10_mse_n": -n / 2, "frac_below_-5": 0.1 * n} for n in (5, 10)]}
+    cfg = sg.Config(workdir=str(tmp_path))
+    sg.write_figures(cfg, recs, res, sweeps)
+    sg.print_summary(cfg, res)
+    for name in ("cumulative_error.png", "time_per_problem.png", "performance_over_time.png", "error_vs_points.png"):
+        assert (tmp_path / name).stat().st_size > 5000, name
+    out = capsys.readouterr().out
+    assert "symbolicgpt frac<-5 0.67 vs gplearn 0.00" in out
