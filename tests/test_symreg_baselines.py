@@ -27,6 +27,7 @@ def test_gplearn_tiny():
 def test_mlp_tiny():
   m = baselines.MLPBaseline(hidden_layer_sizes=(8,), max_iter=200).fit(X, Y)
   assert m.expression_ is None and m.fit_seconds_ > 0 and m.predict(X).shape == (40,)
+  assert np.mean((m.predict(X) - Y) ** 2) < 0.5 * np.var(Y)  # it learned something beyond the mean
 
 
 def test_operon_tiny():
