@@ -1,6 +1,9 @@
 """KV-cache decoding at any exit depth: sampling, batched padded prompts, self-speculation.
 
-The cache has a static shape (N layers x B x S slots x kv heads x head_dim); a prompt of
+Works with any model that implements :class:`sortedjax.protocol.CausalLM` (``init_cache``,
+``forward_cached``, ``logits_at_exit``, ``check_exit``); nothing here knows LLaMA.
+The cache (:class:`sortedjax.nn.KVCache`) has a static shape (N layers x B x S slots x kv
+heads x head_dim); a prompt of
 length P fills slots ``0..P-1`` and generated token ``t`` goes to slot ``P + t`` for every
 row, so left and right padding are both just a ``valid`` mask over slots plus per-row
 RoPE positions (``cumsum(mask) - 1``). Prefill and the one-token decode step are each
@@ -13,49 +16,16 @@ full-depth chunk; its greedy output equals plain greedy decoding.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Sequence
-from typing import NamedTuple
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-
-class KVCache(NamedTuple):
-    k: jax.Array  # N x B x S x G x K
-    v: jax.Array  # N x B x S x G x K
-    valid: jax.Array  # B x S: slot holds a real (non-padding) token
-
-
-def init_cache(cfg, batch: int, length: int) -> KVCache:
-    shape = (cfg.num_hidden_layers, batch, length, cfg.num_key_value_heads, cfg.head_dim)
-    return KVCache(jnp.zeros(shape, cfg.jnp_dtype), jnp.zeros(shape, cfg.jnp_dtype),
-                   jnp.ones((batch, length), bool))
-
-
-def sample(logits_BxV, key, temperature=0.0, top_k=0, top_p=1.0):
-    """Greedy when ``temperature == 0``; else temperature, then top-k (0 = off), then top-p.
-
-    All three controls may be traced, so changing them does not recompile.
-    """
-    logits = logits_BxV.astype(jnp.float32)
-    greedy = jnp.argmax(logits, axis=-1)
-    V = logits.shape[-1]
-    t = jnp.asarray(temperature, jnp.float32)
-    x = logits / jnp.maximum(t, 1e-6)
-    top_k = jnp.asarray(top_k, jnp.int32)
-    desc = -jnp.sort(-x, axis=-1)
-    kth = jnp.take_along_axis(desc, jnp.clip(top_k - 1, 0, V - 1)[None, None].repeat(x.shape[0], 0), -1)
-    x = jnp.where((top_k > 0) & (x < kth), -jnp.inf, x)
-    desc = -jnp.sort(-x, axis=-1)
-    p = jax.nn.softmax(desc, axis=-1)
-    keep = (jnp.cumsum(p, axis=-1) - p) < jnp.asarray(top_p, jnp.float32)  # first always kept
-    cutoff = jnp.min(jnp.where(keep, desc, jnp.inf), axis=-1, keepdims=True)
-    x = jnp.where(x < cutoff, -jnp.inf, x)
-    drawn = jax.random.categorical(key, x, axis=-1)
-    return jnp.where(t > 0, drawn, greedy).astype(jnp.int32)
+from sortedjax.nn import KVCache
+from sortedjax.sampling import sample
 
 
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=4)
@@ -64,11 +34,11 @@ def _prefill(graphdef, state, tokens_BxP, mask_BxP, cache: KVCache, exit_layer):
     P = tokens_BxP.shape[1]
     mask = mask_BxP.astype(bool)
     pos = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
-    valid = cache.valid.at[:, :P].set(mask)
-    h, k, v = model.forward_cached(tokens_BxP, cache.k, cache.v, valid, 0, pos, exit_layer)
+    cache = dataclasses.replace(cache, valid=cache.valid.at[:, :P].set(mask))
+    h, cache = model.forward_cached(tokens_BxP, cache, start=0, positions_BxT=pos, exit_layer=exit_layer)
     last = jnp.max(jnp.where(mask, jnp.arange(P), 0), axis=1)  # last real token per row
     h_last = jnp.take_along_axis(h, last[:, None, None], axis=1)[:, 0]
-    return model.logits_at_exit(h_last, exit_layer), KVCache(k, v, valid), mask.sum(1).astype(jnp.int32)
+    return model.logits_at_exit(h_last, exit_layer), cache, mask.sum(1).astype(jnp.int32)
 
 
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
@@ -76,8 +46,8 @@ def _chunk(graphdef, state, cache: KVCache, tokens_BxT, slot, pos_B, exit_layer)
     """Logits B x T x V for T new tokens at slots ``slot..`` and positions ``pos_B + t``."""
     model = nnx.merge(graphdef, state)
     pos = pos_B[:, None] + jnp.arange(tokens_BxT.shape[1])
-    h, k, v = model.forward_cached(tokens_BxT, cache.k, cache.v, cache.valid, slot, pos, exit_layer)
-    return model.logits_at_exit(h, exit_layer), KVCache(k, v, cache.valid)
+    h, cache = model.forward_cached(tokens_BxT, cache, start=slot, positions_BxT=pos, exit_layer=exit_layer)
+    return model.logits_at_exit(h, exit_layer), cache
 
 
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
@@ -117,7 +87,7 @@ def _setup(model, prompt_ids, attention_mask, pad_id, max_new_tokens, exit_layer
     exit_ = jnp.int32(model.check_exit(exit_layer))
     S = -(-(tokens.shape[1] + max_new_tokens + extra) // 64) * 64  # bucket: fewer recompiles
     graphdef, state = nnx.split(model)
-    cache = init_cache(model.cfg, tokens.shape[0], S)
+    cache = model.init_cache(tokens.shape[0], S)
     logits, cache, pos = _prefill(graphdef, state, jnp.asarray(tokens), jnp.asarray(mask), cache, exit_)
     return graphdef, state, tokens.shape[1], exit_, logits, cache, pos
 
@@ -197,27 +167,15 @@ def _early_exit_step(graphdef, state, cache: KVCache, tokens_B, slot, pos_B, is_
     """Greedy step that stops at the first exit (``is_exit_N[n-1]``) whose top probability reaches
     ``threshold`` (per row; the last layer always answers). Layers after a row's exit get
     K/V projected from its frozen hidden state (CALM-style state copying), so later tokens
-    can still attend to it at every depth."""
-    from sortedjax.models import llama
-
+    can still attend to it at every depth. Runs through the model's own layer runner with a
+    per-layer hook."""
     model = nnx.merge(graphdef, state)
-    cfg, N = model.cfg, model.cfg.num_hidden_layers
-    S = cache.k.shape[2]
-    x = model.embed_tokens(tokens_B[:, None])
-    cos, sin = llama.rope_tables(cfg, pos_B[:, None], x.dtype)
-    mask = (jnp.arange(S)[None, None, :] <= slot) & cache.valid[:, None, :]
+    N = model.num_layers
     B = tokens_B.shape[0]
-    init = (x, cache.k, cache.v, jnp.zeros((B,), bool), jnp.zeros((B,), jnp.int32), jnp.full((B,), N, jnp.int32))
 
-    def body(carry, inp):
-        i, p = inp
-        h, ck, cv, done, tok, used = carry
-        q, k, v = llama.qkv(cfg, p, h, cos, sin)
-        ck = jax.lax.dynamic_update_slice(ck, k[None].astype(ck.dtype), (i, 0, slot, 0, 0))
-        cv = jax.lax.dynamic_update_slice(cv, v[None].astype(cv.dtype), (i, 0, slot, 0, 0))
-        h = jax.lax.cond(done.all(), lambda h: h,
-                         lambda h: jnp.where(done[:, None, None], h,
-                                             llama.attend_mlp(cfg, p, h, q, ck[i], cv[i], mask)), h)
+    def hook(i, h_in, h_out, hs):
+        done, tok, used = hs
+        h = jnp.where(done[:, None, None], h_in, h_out)  # a row that exited keeps its state
 
         def check(c):
             done, tok, used = c
@@ -226,12 +184,12 @@ def _early_exit_step(graphdef, state, cache: KVCache, tokens_B, slot, pos_B, is_
             return done | hit, jnp.where(hit, probs.argmax(-1), tok), jnp.where(hit, i + 1, used)
 
         at_exit = is_exit_N[i] | (i + 1 == N)
-        done, tok, used = jax.lax.cond(at_exit & ~done.all(), check, lambda c: c, (done, tok, used))
-        return (h, ck, cv, done, tok, used), None
+        return h, jax.lax.cond(at_exit & ~done.all(), check, lambda c: c, (done, tok, used))
 
-    (_, ck, cv, _, tok, used), _ = jax.lax.scan(
-        body, init, (jnp.arange(N, dtype=jnp.int32), model.layers.stacked()))
-    return tok.astype(jnp.int32), used, KVCache(ck, cv, cache.valid)
+    init = (jnp.zeros((B,), bool), jnp.zeros((B,), jnp.int32), jnp.full((B,), N, jnp.int32))
+    _, cache, (_, tok, used) = model.forward_cached(tokens_B[:, None], cache, start=slot, positions_BxT=pos_B[:, None],
+                                                    hook=hook, hook_state=init)
+    return tok.astype(jnp.int32), used, cache
 
 
 def early_exit_generate(model, prompt_ids, *, max_new_tokens: int, exits: Sequence[int], threshold: float,
@@ -247,7 +205,7 @@ def early_exit_generate(model, prompt_ids, *, max_new_tokens: int, exits: Sequen
     graphdef, state, P, _, logits, cache, pos = _setup(
         model, prompt_ids, attention_mask, pad_id, max_new_tokens, None)
     tok = jnp.argmax(logits, -1).astype(jnp.int32)
-    N = model.cfg.num_hidden_layers
+    N = model.num_layers
     out, used = [np.asarray(tok)], [np.full(tok.shape, N, np.int32)]
     is_exit_N = jnp.zeros((N,), bool).at[np.asarray(exits, np.int32) - 1].set(True)
     thr = jnp.float32(threshold)

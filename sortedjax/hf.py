@@ -1,10 +1,12 @@
-"""Hugging Face LLaMA checkpoints <-> our parameters, both directions.
+"""Hugging Face checkpoint files, for any model: config, safetensors, layouts, placement.
 
 Reads ``config.json`` and safetensors (one file or a sharded ``model.safetensors.index.json``)
 from a local directory, or from a hub id through ``huggingface_hub.snapshot_download``.
-Tensors are read lazily one at a time, converted (torch Linear ``out x in`` -> ``in x out``,
-per-layer tensors stacked on the ``"layers"`` axis), cast, and placed straight into the
-shardings that :func:`sharding.state_shardings` derives for a given mesh.
+Tensors are read lazily one at a time, converted (torch Linear ``out x in`` -> our
+``in_shape + out_shape``), cast, and placed straight into the shardings that
+:func:`sharding.state_shardings` derives for a given mesh. Each model module
+(``sortedjax.models.llama``, ...) holds its own name map and calls these helpers; this
+module imports no model.
 """
 
 from __future__ import annotations
@@ -19,23 +21,9 @@ import numpy as np
 from flax import nnx
 
 from sortedjax import sharding
-from sortedjax.models import llama
 
 SINGLE, INDEX = "model.safetensors", "model.safetensors.index.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
-_HF_LAYER = {  # our stacked name -> (HF suffix, is a Linear weight)
-    "attn_norm": ("input_layernorm.weight", False),
-    "wq": ("self_attn.q_proj.weight", True),
-    "wk": ("self_attn.k_proj.weight", True),
-    "wv": ("self_attn.v_proj.weight", True),
-    "wo": ("self_attn.o_proj.weight", True),
-    "mlp_norm": ("post_attention_layernorm.weight", False),
-    "w_gate": ("mlp.gate_proj.weight", True),
-    "w_up": ("mlp.up_proj.weight", True),
-    "w_down": ("mlp.down_proj.weight", True),
-}
-
-
 def resolve(path_or_id: str | os.PathLike) -> Path:
     """A local checkpoint directory, downloading a hub id when it is not a local path."""
     p = Path(path_or_id)
@@ -103,99 +91,63 @@ def load_state_dict(path) -> StateDict:
     raise FileNotFoundError(f"no {SINGLE} or {INDEX} in {d}")
 
 
-def _get(sd: Mapping, name: str, shape: tuple, dtype) -> np.ndarray:
+def read_tensor(sd: Mapping, name: str, shape: tuple, n_in: int | None, dtype) -> np.ndarray:
+    """Tensor ``name`` in our layout ``shape``: a torch Linear weight (``out x in``) when ``n_in``
+    gives our number of input axes (``shape[:n_in]``), else taken as is; cast to ``dtype``."""
+    shape = tuple(int(d) for d in shape)
+    t_shape = shape if n_in is None else (int(np.prod(shape[n_in:])), int(np.prod(shape[:n_in])))
     try:
         x = sd[name]
     except KeyError as e:
-        raise KeyError(f"checkpoint lacks tensor {name!r} (expected shape {shape}): {e}") from None
-    if tuple(x.shape) != tuple(shape):
-        raise ValueError(f"tensor {name!r} has shape {tuple(x.shape)}, but config.json implies {tuple(shape)}")
-    return np.asarray(x).astype(dtype)
+        raise KeyError(f"checkpoint lacks tensor {name!r} (expected shape {t_shape}): {e}") from None
+    if tuple(x.shape) != t_shape:
+        raise ValueError(f"tensor {name!r} has shape {tuple(x.shape)}, but config.json implies {t_shape}")
+    x = np.asarray(x)
+    if not np.isfinite(x.astype(np.float32)).all():
+        raise ValueError(f"tensor {name!r} holds non-finite values (NaN or inf); the checkpoint is corrupt")
+    x = x.astype(dtype)
+    return x if n_in is None else x.T.reshape(shape)
 
 
-def hf_to_params(sd: Mapping, cfg: llama.LlamaConfig) -> dict:
-    """HF tensors -> our nested pure dict of numpy arrays (stacked layers, ``in x out``)."""
-    dt = np.dtype(cfg.jnp_dtype)
-    D, V, N = cfg.hidden_size, cfg.vocab_size, cfg.num_hidden_layers
-    layers = {}
-    for name, (shape, _) in llama.layer_shapes(cfg).items():
-        suffix, linear = _HF_LAYER[name]
-        one = shape[1:]
-        if linear:  # torch Linear stores out x in; our head axes are split out
-            ins = one[2:] if name == "wo" else one[1:]
-            outs = one[:2] if name == "wo" else one[:1]
-            t_shape = (int(np.prod(ins)), int(np.prod(outs)))
-        else:
-            t_shape = one
-        per = [_get(sd, f"model.layers.{i}.{suffix}", t_shape, dt) for i in range(N)]
-        layers[name] = np.stack([w.T.reshape(one) if linear else w for w in per])
-    extra = sorted(k for k in sd if k.startswith(f"model.layers.{N}."))
-    if extra:
-        raise ValueError(f"checkpoint has tensor {extra[0]!r} but config.json says num_hidden_layers={N}")
-    out = {"embed": _get(sd, "model.embed_tokens.weight", (V, D), dt), "layers": layers,
-           "final_norm": _get(sd, "model.norm.weight", (D,), dt)}
-    if not cfg.tie_word_embeddings:
-        out["lm_head"] = _get(sd, "lm_head.weight", (V, D), dt).T
-    if cfg.num_exit_heads:  # separate exit heads start as copies of the final norm + head
-        head = out["embed"].T if cfg.tie_word_embeddings else out["lm_head"]
-        out["exit_norm"] = np.stack([out["final_norm"]] * cfg.num_exit_heads)
-        out["exit_head"] = np.stack([head] * cfg.num_exit_heads)
-    return out
+def to_torch_layout(w: np.ndarray, n_in: int | None) -> np.ndarray:
+    """Our ``in_shape + out_shape`` kernel as a torch Linear weight ``out x in`` (others as is)."""
+    if n_in is None:
+        return np.ascontiguousarray(w)
+    return np.ascontiguousarray(w.reshape(int(np.prod(w.shape[:n_in])), -1).T)
 
 
-def params_to_hf(params: Mapping, cfg: llama.LlamaConfig, num_layers: int | None = None) -> dict:
-    """Our pure dict -> HF tensor dict of the sub-model of the first ``num_layers`` layers."""
-    n = cfg.num_hidden_layers if num_layers is None else int(num_layers)
-    if not 1 <= n <= cfg.num_hidden_layers:
-        raise ValueError(f"num_layers {n} outside the allowed range 1..{cfg.num_hidden_layers}")
-    np_ = lambda x: np.asarray(jax.device_get(x))  # noqa: E731
-    out = {"model.embed_tokens.weight": np_(params["embed"])}
-    for name, (suffix, linear) in _HF_LAYER.items():
-        stacked = np_(params["layers"][name])
-        for i in range(n):
-            w = stacked[i]
-            if linear:
-                w = w.reshape(-1, w.shape[-1]) if name == "wo" else w.reshape(w.shape[0], -1)
-                w = w.T
-            out[f"model.layers.{i}.{suffix}"] = np.ascontiguousarray(w)
-    if n in cfg.exit_head_layers:  # the n-layer sub-model's own exit norm + head
-        j = cfg.exit_head_layers.index(n)
-        out["model.norm.weight"] = np_(params["exit_norm"])[j]
-        out["lm_head.weight"] = np.ascontiguousarray(np_(params["exit_head"])[j].T)
-    else:
-        out["model.norm.weight"] = np_(params["final_norm"])
-        if not cfg.tie_word_embeddings:
-            out["lm_head.weight"] = np.ascontiguousarray(np_(params["lm_head"]).T)
-    return out
+def set_path(tree: dict, path: tuple, value) -> None:
+    for k in path[:-1]:
+        tree = tree.setdefault(k, {})
+    tree[path[-1]] = value
 
 
-def load_model(path_or_id, dtype: str = "float32", mesh=None, **overrides) -> llama.Llama:
-    """Build a :class:`llama.Llama` from a checkpoint, params placed into ``mesh`` shardings."""
-    d = resolve(path_or_id)
-    cfg = llama.LlamaConfig.from_hf(load_config(d), dtype=dtype, **overrides)
-    params = hf_to_params(load_state_dict(d), cfg)
-    abstract = nnx.eval_shape(lambda: llama.Llama(cfg, rngs=nnx.Rngs(0)))
-    graphdef, state = nnx.split(abstract)
+def place(make_model, params: Mapping, mesh=None):
+    """``make_model()`` built abstractly, filled with ``params`` (a pure dict of its ``nnx.Param``
+    state), each array placed in the sharding its logical names give on ``mesh``
+    (a ``Mesh``, a ``--mesh`` spec such as ``"8"``, or None)."""
+    if mesh is not None and not isinstance(mesh, jax.sharding.Mesh):
+        mesh = sharding.make_mesh(mesh)
+    abstract = nnx.eval_shape(make_model)
+    graphdef, state, *rest = nnx.split(abstract, nnx.Param, ...)
     if mesh is None:
-        put = jax.tree.map(lambda x: jax.numpy.asarray(x), params)
+        put = jax.tree.map(jax.numpy.asarray, dict(params))
     else:
         shard = nnx.to_pure_dict(sharding.state_shardings(state, mesh))
-        put = jax.tree.map(lambda x, s: jax.device_put(x, s), params, shard)
+        put = jax.tree.map(lambda x, s: jax.device_put(x, s), dict(params), shard)
     nnx.replace_by_pure_dict(state, put)
-    return nnx.merge(graphdef, state)
+    return nnx.merge(graphdef, state, *rest)
 
 
-def save_model(model: llama.Llama, out_dir, num_layers: int | None = None) -> None:
-    """Write ``config.json`` + ``model.safetensors`` that transformers loads as is."""
+def write_checkpoint(out_dir, config: dict, tensors: Mapping[str, np.ndarray]) -> None:
+    """``config.json`` + ``model.safetensors`` that transformers loads as is."""
     from safetensors.numpy import save_file
 
-    cfg = model.cfg
-    tensors = params_to_hf(nnx.to_pure_dict(nnx.state(model, nnx.Param)), cfg, num_layers)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "config.json", "w") as fh:
-        json.dump(cfg.to_hf(num_layers), fh, indent=2)
-    save_file(tensors, str(out / SINGLE), metadata={"format": "pt"})
+        json.dump(config, fh, indent=2)
+    save_file(dict(tensors), str(out / SINGLE), metadata={"format": "pt"})
 
 
 def load_tokenizer(path):

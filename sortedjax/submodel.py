@@ -46,14 +46,29 @@ class SubModel:
             raise ValueError(f"unknown sub-model dimension {sorted(unknown)[0]!r}; allowed: {DIMS}")
         return cls(**{k: None if v is None else jnp.asarray(v, jnp.int32) for k, v in sizes.items()})
 
-    def replace(self, **sizes) -> SubModel:
-        return dataclasses.replace(
-            self, **{k: None if v is None else jnp.asarray(v, jnp.int32) for k, v in sizes.items()}
-        )
-
     def as_dict(self) -> dict[str, int]:
         """Concrete sizes as Python ints (outside jit)."""
         return {k: int(v) for k in DIMS if (v := getattr(self, k)) is not None}
+
+
+def check_sizes(sub: SubModel | Mapping[str, int] | None, limits: Mapping[str, int]) -> None:
+    """Raise ``ValueError`` for a concrete size outside ``1..limits[dim]`` or a dimension the
+    model does not have. Traced sizes pass (they are checked where they are drawn: :class:`Pool`)."""
+    if sub is None:
+        return
+    sizes = sub.items() if isinstance(sub, Mapping) else ((d, getattr(sub, d)) for d in DIMS)
+    for name, v in sizes:
+        if v is None or isinstance(v, jax.core.Tracer):
+            continue
+        if name not in limits:
+            raise ValueError(f"this model has no sub-model dimension {name!r}; it has {tuple(limits)}")
+        if np.ndim(v) == 0:
+            lo, hi = int(v), int(v)
+        else:
+            lo, hi = int(np.min(v)), int(np.max(v))
+        bad = lo if lo < 1 else hi
+        if lo < 1 or hi > limits[name]:
+            raise ValueError(f"{name} {bad} outside the allowed range 1..{limits[name]}")
 
 
 def _probs(support: tuple[int, ...], distribution: str, p: float | None, weights) -> np.ndarray:
@@ -118,7 +133,10 @@ class Pool:
         *,
         configs: Sequence[Mapping[str, int]] | None = None,
         weights: Sequence[float] | None = None,
+        limits: Mapping[str, int] | None = None,
     ):
+        """``limits`` (e.g. ``model.limits``): the model's largest size per dimension; a pool
+        reaching past it raises ``ValueError`` naming the dimension and the allowed range."""
         if (dims is None) == (configs is None):
             raise ValueError("give exactly one of dims=... or configs=...")
         if dims is not None:
@@ -147,18 +165,21 @@ class Pool:
                 tuple(range(len(configs))), "uniform" if weights is None else "weights", None, weights
             )
 
+        if limits is not None:
+            if self.dims is not None:
+                check_sizes({k: np.asarray(d.support) for k, d in self.dims.items()}, limits)
+            else:
+                check_sizes({k: self._configs[:, i] for i, k in enumerate(self.names)}, limits)
+
     @classmethod
-    def from_configs(cls, configs, weights=None) -> Pool:
-        return cls(configs=configs, weights=weights)
+    def from_configs(cls, configs, weights=None, limits=None) -> Pool:
+        return cls(configs=configs, weights=weights, limits=limits)
 
     def max(self) -> dict[str, int]:
         """The largest size of each dimension (the full model within the pool)."""
         if self.dims is not None:
             return {k: max(d.support) for k, d in self.dims.items()}
         return {k: int(self._configs[:, i].max()) for i, k in enumerate(self.names)}
-
-    def full(self) -> SubModel:
-        return SubModel.of(**self.max())
 
     def sample(self, key: jax.Array) -> SubModel:
         """Draw one sub-model (jit-compatible; sizes come out as traced int32 scalars)."""

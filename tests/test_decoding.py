@@ -40,14 +40,14 @@ def hf_greedy(ref, tokens, mask, max_new, eos):
 def test_greedy_equals_transformers_generate_with_padding_and_stop(ckpt):
     _, ref, model = ckpt
     tokens, mask = left_padded()
-    free = llama.generate(model, tokens, attention_mask=mask, max_new_tokens=12)
+    free = decoding.generate(model, tokens, attention_mask=mask, max_new_tokens=12)
     np.testing.assert_array_equal(free, hf_greedy(ref, tokens, mask, 12, eos=63))
     stop = int(free[0, 3])  # a token row 0 emits: rows stop there
-    ours = llama.generate(model, tokens, attention_mask=mask, max_new_tokens=12, stop_tokens=(stop,))
+    ours = decoding.generate(model, tokens, attention_mask=mask, max_new_tokens=12, stop_tokens=(stop,))
     np.testing.assert_array_equal(ours, hf_greedy(ref, tokens, mask, 12, eos=stop))
     assert (ours[0, 4:] == 0).all() and ours[0, 3] == stop
     # ragged lists are left-padded internally
-    np.testing.assert_array_equal(llama.generate(model, PROMPTS, max_new_tokens=12), free)
+    np.testing.assert_array_equal(decoding.generate(model, PROMPTS, max_new_tokens=12), free)
 
 
 def test_right_padding_equals_left_padding(ckpt):
@@ -56,8 +56,8 @@ def test_right_padding_equals_left_padding(ckpt):
     right = np.array([p + [0] * (P - len(p)) for p in PROMPTS])
     rmask = (right != 0) | (np.arange(P)[None] < np.array(list(map(len, PROMPTS)))[:, None])
     left, lmask = left_padded()
-    np.testing.assert_array_equal(llama.generate(model, right, attention_mask=rmask, max_new_tokens=8),
-                                  llama.generate(model, left, attention_mask=lmask, max_new_tokens=8))
+    np.testing.assert_array_equal(decoding.generate(model, right, attention_mask=rmask, max_new_tokens=8),
+                                  decoding.generate(model, left, attention_mask=lmask, max_new_tokens=8))
 
 
 @pytest.mark.parametrize("exit_layer", [2, 4])
@@ -76,18 +76,18 @@ def test_exit_generation_equals_exported_submodel_in_transformers(ckpt, tmp_path
     llama.save_pretrained(model, tmp_path, num_layers=2)
     sub = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     tokens, mask = left_padded()
-    np.testing.assert_array_equal(llama.generate(model, tokens, attention_mask=mask, max_new_tokens=8, exit_layer=2),
+    np.testing.assert_array_equal(decoding.generate(model, tokens, attention_mask=mask, max_new_tokens=8, exit_layer=2),
                                   hf_greedy(sub, tokens, mask, 8, eos=63))
 
 
 def test_prefill_and_step_compile_once(ckpt):
     _, _, model = ckpt
     prompt = np.array([[5, 9, 33, 7], [1, 2, 3, 4]])
-    llama.generate(model, prompt, max_new_tokens=5)
+    decoding.generate(model, prompt, max_new_tokens=5)
     sizes = decoding._prefill._cache_size(), decoding._step._cache_size()
     for kw in (dict(exit_layer=1), dict(exit_layer=3, temperature=0.7, top_k=5),
                dict(temperature=1.3, top_p=0.8, seed=3), dict(exit_layer=2, stop_tokens=(4,))):
-        llama.generate(model, prompt + 1, max_new_tokens=5, **kw)
+        decoding.generate(model, prompt + 1, max_new_tokens=5, **kw)
     assert (decoding._prefill._cache_size(), decoding._step._cache_size()) == sizes
 
 
@@ -107,16 +107,16 @@ def test_sampling_controls():
 def test_seeded_sampling_is_reproducible(ckpt):
     _, _, model = ckpt
     kw = dict(max_new_tokens=6, temperature=1.0, top_k=10, top_p=0.9)
-    a = llama.generate(model, PROMPTS, seed=1, **kw)
-    np.testing.assert_array_equal(a, llama.generate(model, PROMPTS, seed=1, **kw))
-    assert not np.array_equal(a, llama.generate(model, PROMPTS, seed=2, **kw))
+    a = decoding.generate(model, PROMPTS, seed=1, **kw)
+    np.testing.assert_array_equal(a, decoding.generate(model, PROMPTS, seed=1, **kw))
+    assert not np.array_equal(a, decoding.generate(model, PROMPTS, seed=2, **kw))
 
 
 @pytest.mark.parametrize("draft_exit,num_draft", [(1, 3), (3, 4)])
 def test_self_speculative_greedy_equals_plain_greedy(ckpt, draft_exit, num_draft):
     _, _, model = ckpt
     tokens, mask = left_padded()
-    plain = llama.generate(model, tokens, attention_mask=mask, max_new_tokens=11)
+    plain = decoding.generate(model, tokens, attention_mask=mask, max_new_tokens=11)
     spec, stats = decoding.speculative_generate(model, tokens, attention_mask=mask, max_new_tokens=11,
                                                 draft_exit=draft_exit, num_draft=num_draft)
     np.testing.assert_array_equal(spec, plain)
@@ -126,18 +126,18 @@ def test_self_speculative_greedy_equals_plain_greedy(ckpt, draft_exit, num_draft
 def test_speculation_with_full_depth_draft_accepts_everything(ckpt):
     _, _, model = ckpt
     spec, stats = decoding.speculative_generate(model, PROMPTS, max_new_tokens=9, draft_exit=4, num_draft=3)
-    np.testing.assert_array_equal(spec, llama.generate(model, PROMPTS, max_new_tokens=9))
+    np.testing.assert_array_equal(spec, decoding.generate(model, PROMPTS, max_new_tokens=9))
     assert stats == {"tokens_per_verify": 4.0, "verifies": 2}
 
 
 def test_bad_generation_arguments(ckpt):
     _, _, model = ckpt
-    with pytest.raises(ValueError, match=r"exit_layer 5 outside the allowed range 1\.\.4"):
-        llama.generate(model, [[1, 2]], max_new_tokens=2, exit_layer=5)
+    with pytest.raises(ValueError, match=r"depth 5 outside the allowed range 1\.\.4"):
+        decoding.generate(model, [[1, 2]], max_new_tokens=2, exit_layer=5)
     with pytest.raises(ValueError, match="max_new_tokens"):
-        llama.generate(model, [[1, 2]], max_new_tokens=0)
+        decoding.generate(model, [[1, 2]], max_new_tokens=0)
     with pytest.raises(ValueError, match="attention_mask shape"):
-        llama.generate(model, [[1, 2]], attention_mask=[[1, 1, 1]], max_new_tokens=2)
+        decoding.generate(model, [[1, 2]], attention_mask=[[1, 1, 1]], max_new_tokens=2)
 
 
 def test_confidence_early_exit(ckpt):
@@ -145,13 +145,13 @@ def test_confidence_early_exit(ckpt):
     tokens, mask = left_padded()
     kw = dict(attention_mask=mask, max_new_tokens=8)
     never, used = decoding.early_exit_generate(model, tokens, exits=(1, 2, 3), threshold=1.1, **kw)
-    np.testing.assert_array_equal(never, llama.generate(model, tokens, **kw))
+    np.testing.assert_array_equal(never, decoding.generate(model, tokens, **kw))
     assert (used == 4).all()
     # threshold 0: every token after the (full-depth) first one leaves at layer 2, and
     # layers 1..2 see an exact cache, so this is exit-2 decoding of prompt + first token
     always, used = decoding.early_exit_generate(model, tokens, exits=(2, 3), threshold=0.0, **kw)
     longer = np.concatenate([tokens, always[:, :1]], 1)
-    exit2 = llama.generate(model, longer, attention_mask=np.pad(mask, ((0, 0), (0, 1)), constant_values=1),
+    exit2 = decoding.generate(model, longer, attention_mask=np.pad(mask, ((0, 0), (0, 1)), constant_values=1),
                            max_new_tokens=7, exit_layer=2)
     np.testing.assert_array_equal(always[:, 1:], exit2)
     assert (used[:, 1:] == 2).all()

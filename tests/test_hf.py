@@ -112,7 +112,7 @@ def test_bad_checkpoints_name_what_is_wrong(tmp_path):
 
     model = llama.Llama(llama.LlamaConfig(vocab_size=8, hidden_size=8, intermediate_size=8,
                                           num_hidden_layers=2, num_attention_heads=2), rngs=nnx.Rngs(0))
-    with pytest.raises(ValueError, match=r"num_layers 3 outside the allowed range 1\.\.2"):
+    with pytest.raises(ValueError, match=r"depth 3 outside the allowed range 1\.\.2"):
         llama.save_pretrained(model, tmp_path / "x", num_layers=3)
 
 

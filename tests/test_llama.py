@@ -89,7 +89,7 @@ def test_layers_past_exit_are_not_computed(tmp_path):
     model = llama.from_pretrained(str(tmp_path))
     tokens = jnp.asarray(np.random.default_rng(3).integers(0, 97, (1, 6)))
     before = model(tokens, exit_layer=2)
-    model.layers.wq[...] = model.layers.wq[...].at[2].set(jnp.nan)  # poison layer 3
+    model.layers.layers.attn.q.kernel[...] = model.layers.layers.attn.q.kernel[...].at[2].set(jnp.nan)  # poison layer 3
     np.testing.assert_array_equal(model(tokens, exit_layer=2), before)
     assert np.isnan(np.asarray(model(tokens))).all()
 
@@ -98,7 +98,7 @@ def test_sharded_load_equals_single_device(tmp_path):
     save_hf(tmp_path, hidden_size=64, intermediate_size=128, num_attention_heads=8, num_key_value_heads=4, vocab_size=96)
     mesh = sharding.make_mesh("data:1,fsdp:4,tensor:2")
     sharded = llama.from_pretrained(str(tmp_path), mesh=mesh)
-    assert sharded.layers.w_gate[...].sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
+    assert sharded.layers.layers.mlp.gate.kernel[...].sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
     tokens = jnp.asarray(np.random.default_rng(4).integers(0, 96, (2, 8)))
     np.testing.assert_allclose(sharded(tokens, exit_layer=2), llama.from_pretrained(str(tmp_path))(tokens, exit_layer=2), atol=1e-5)
 
@@ -107,7 +107,7 @@ def test_bfloat16_close_to_float32(tmp_path):
     save_hf(tmp_path)
     tokens = jnp.asarray(np.random.default_rng(5).integers(0, 97, (1, 8)))
     m16 = llama.from_pretrained(str(tmp_path), dtype="bfloat16")
-    assert m16.layers.wq[...].dtype == jnp.bfloat16
+    assert m16.layers.layers.attn.q.kernel[...].dtype == jnp.bfloat16
     np.testing.assert_allclose(m16(tokens), llama.from_pretrained(str(tmp_path))(tokens), atol=0.05)
 
 
@@ -134,7 +134,7 @@ def test_bad_config_values():
     cfg = llama.LlamaConfig(vocab_size=10, hidden_size=16, intermediate_size=16, num_hidden_layers=2,
                             num_attention_heads=2)
     model = llama.Llama(cfg, rngs=nnx.Rngs(0))
-    with pytest.raises(ValueError, match=r"exit_layer 3 outside the allowed range 1\.\.2"):
+    with pytest.raises(ValueError, match=r"depth 3 outside the allowed range 1\.\.2"):
         model(jnp.zeros((1, 3), jnp.int32), exit_layer=3)
     with pytest.raises(ValueError, match=r"exit 0 outside"):
         model.hidden_states(jnp.zeros((1, 3), jnp.int32), exits=(0, 2))
@@ -152,5 +152,5 @@ def test_traced_exits_and_gradients_stop_at_the_exit(tmp_path):
         return m(tokens, exit_layer=2).mean()
 
     grads = nnx.grad(loss)(model)
-    g = np.asarray(grads["layers"]["w_up"][...])
+    g = np.asarray(grads["layers"]["layers"]["mlp"]["up"]["kernel"][...])
     assert np.abs(g[:2]).sum() > 0 and np.abs(g[2]).sum() == 0

@@ -7,6 +7,7 @@ from flax import nnx
 
 from sortedjax import lora
 from sortedjax.models.mlp import MLPConfig, SortedMLP
+from sortedjax.extract import extract
 from sortedjax.submodel import SubModel
 
 
@@ -14,12 +15,12 @@ def _sliced_dense(model, k, n):
     """A smaller dense SortedMLP (hidden=k, num_blocks=n) built from sliced weights."""
     c = model.cfg
     small = SortedMLP(MLPConfig(in_dim=c.in_dim, hidden=k, out_dim=c.out_dim, num_blocks=n), rngs=nnx.Rngs(9))
-    small.w_in[...] = model.w_in[...][:, :k]
-    small.b_in[...] = model.b_in[...][:k]
-    small.w_blocks[...] = model.w_blocks[...][:n, :k, :k]
-    small.b_blocks[...] = model.b_blocks[...][:n, :k]
-    small.w_out[...] = model.w_out[...][:k]
-    small.b_out[...] = model.b_out[...]
+    small.inp.kernel[...] = model.inp.kernel[...][:, :k]
+    small.inp.bias[...] = model.inp.bias[...][:k]
+    small.blocks.layers.dense.kernel[...] = model.blocks.layers.dense.kernel[...][:n, :k, :k]
+    small.blocks.layers.dense.bias[...] = model.blocks.layers.dense.bias[...][:n, :k]
+    small.out.kernel[...] = model.out.kernel[...][:k]
+    small.out.bias[...] = model.out.bias[...]
     return small
 
 
@@ -31,6 +32,7 @@ def test_masked_mlp_equals_sliced_dense_model():
         got = fwd(model, x, SubModel.of(width=k, depth=n))
         want = _sliced_dense(model, k, n)(x)
         np.testing.assert_allclose(got, want, atol=1e-6, rtol=1e-6)
+        np.testing.assert_allclose(extract(model, SubModel.of(width=k, depth=n))(x), want, atol=1e-6, rtol=1e-6)
 
 
 def test_mlp_bad_sizes():

@@ -106,7 +106,7 @@ def test_sharded_step_equals_single_device(tmp_path, single_run):
     mesh = sharding.make_mesh("8")
     one = single_run
     eight = _run(tmp_path, "eight", mesh)
-    emb = nnx.state(eight.model, nnx.Param)["embed"].get_value()
+    emb = nnx.state(eight.model, nnx.Param)["embed"]["embedding"].get_value()
     assert len(emb.sharding.device_set) == 8  # parameters really are sharded
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5), _params(one.model), _params(eight.model))
     np.testing.assert_allclose([h["loss"] for h in one.history], [h["loss"] for h in eight.history], rtol=1e-5)

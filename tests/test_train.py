@@ -113,7 +113,7 @@ def test_eight_device_step_equals_single_device(tmp_path):
     single = train(SortedMLP(CFG, rngs=nnx.Rngs(0)), _loss, data, TrainConfig(workdir=str(tmp_path / "a"), **common))
     sharded = train(SortedMLP(CFG, rngs=nnx.Rngs(0)), _loss, data, TrainConfig(workdir=str(tmp_path / "b"), **common),
                     mesh=mesh)
-    w = nnx.state(sharded.model, nnx.Param)["w_blocks"][...]
+    w = nnx.state(sharded.model, nnx.Param)["blocks"]["layers"]["dense"]["kernel"][...]
     assert len(w.sharding.device_set) == 8 and w.sharding.spec[1] == "fsdp"  # really sharded
     a, b = _params(single.model), _params(sharded.model)
     for k in a:

@@ -1,11 +1,15 @@
-"""LLaMA (``transformers``' ``LlamaForCausalLM``) in Flax NNX with exits at any depth.
+"""LLaMA (``transformers``' ``LlamaForCausalLM``) in Flax NNX, sorted along depth, width and heads.
 
-Layers are stacked on a leading ``"layers"`` axis and run by :func:`masks.depth_scan`,
-so ``model(tokens, exit_layer=n)`` with a traced ``n`` is one compiled program for every
-depth and layers past ``n`` are skipped. Every exit goes through the shared final
-RMSNorm + LM head, or, for the Early-Exit / SFT+ICT baseline, through its own norm + head
-(``LlamaConfig.exit_head_layers``). q/k projections keep the Hugging Face "rotate_half"
-RoPE layout, so weights copy straight across (see :mod:`sortedjax.hf`).
+A composition of :mod:`sortedjax.nn` layers: :class:`~sortedjax.nn.LayerStack` runs the
+decoder layers, so ``model(tokens, sub=SubModel.of(depth=n, width=f, heads=h))`` with traced
+sizes is one compiled program for every sub-model (``depth``: first layers, layers past it
+skipped; ``width``: first MLP neurons, MatFormer style; ``heads``: first attention heads).
+Every exit goes through the shared final RMSNorm + LM head, or, for the Early-Exit / SFT+ICT
+baseline, through its own norm + head (``LlamaConfig.exit_head_layers``). q/k keep the
+Hugging Face "rotate_half" RoPE layout, so weights copy straight across.
+
+:func:`from_pretrained` / :func:`save_pretrained` read and write Hugging Face checkpoints
+(any sub-model, through :func:`sortedjax.extract.extract`).
 """
 
 from __future__ import annotations
@@ -19,249 +23,70 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
-from sortedjax import masks, sharding
+from sortedjax import hf, nn, sharding
+from sortedjax.models.llama_config import DTYPES, LlamaConfig  # noqa: F401 - re-exported
+from sortedjax.submodel import SubModel, check_sizes
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-ROPE_TYPES = ("default", "llama3")
-LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
-LAYER_KEYS = ("attn_norm", "wq", "wk", "wv", "wo", "mlp_norm", "w_gate", "w_up", "w_down")
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class LlamaConfig:
-    vocab_size: int = 32000
-    hidden_size: int = 4096
-    intermediate_size: int = 11008
-    num_hidden_layers: int = 32
-    num_attention_heads: int = 32
-    num_key_value_heads: int | None = None  # None -> num_attention_heads
-    head_dim: int | None = None  # None -> hidden_size // num_attention_heads
-    rms_norm_eps: float = 1e-6
-    rope_theta: float = 10000.0
-    rope_scaling: dict | None = None  # None or {"rope_type": "llama3", factor, ...}
-    max_position_embeddings: int = 2048
-    tie_word_embeddings: bool = False
-    dtype: str = "float32"
-    exit_head_layers: tuple[int, ...] = ()  # exits with their own norm + head (SFT+ICT)
-    bos_token_id: int | None = None
-    eos_token_id: int | tuple[int, ...] | None = None
-    pad_token_id: int | None = None
-
-    def __post_init__(self):
-        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
-        if self.num_key_value_heads is None:
-            set_("num_key_value_heads", self.num_attention_heads)
-        if self.head_dim is None:
-            set_("head_dim", self.hidden_size // max(self.num_attention_heads, 1))
-        for f in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                  "num_attention_heads", "num_key_value_heads", "head_dim", "max_position_embeddings"):
-            v = getattr(self, f)
-            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"LlamaConfig.{f} must be a positive int, got {v!r}")
-        if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError(
-                f"LlamaConfig.num_attention_heads ({self.num_attention_heads}) must be a multiple "
-                f"of num_key_value_heads ({self.num_key_value_heads})")
-        if self.head_dim % 2:
-            raise ValueError(f"LlamaConfig.head_dim must be even for RoPE, got {self.head_dim}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"LlamaConfig.dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
-        if self.rms_norm_eps <= 0 or self.rope_theta <= 0:
-            raise ValueError("LlamaConfig.rms_norm_eps and rope_theta must be > 0")
-        if self.rope_scaling is not None:
-            rs = dict(self.rope_scaling)
-            kind = rs.get("rope_type", rs.get("type"))
-            if kind not in ROPE_TYPES:
-                raise ValueError(f"unsupported rope type {kind!r} in LlamaConfig.rope_scaling; "
-                                 f"supported: {ROPE_TYPES}")
-            missing = [k for k in LLAMA3_KEYS if kind == "llama3" and k not in rs]
-            if missing:
-                raise ValueError(f"LlamaConfig.rope_scaling of type 'llama3' lacks key {missing[0]!r}")
-            set_("rope_scaling", None if kind == "default" else {"rope_type": kind, **{k: rs[k] for k in LLAMA3_KEYS}})
-        eh = tuple(int(e) for e in self.exit_head_layers)
-        bad = [e for e in eh if not 1 <= e <= self.num_hidden_layers]
-        if bad or len(set(eh)) != len(eh):
-            raise ValueError(f"LlamaConfig.exit_head_layers must be distinct layers in "
-                             f"1..{self.num_hidden_layers}, got {self.exit_head_layers}")
-        set_("exit_head_layers", eh)
-        if isinstance(self.eos_token_id, list):
-            set_("eos_token_id", tuple(self.eos_token_id))
-
-    def __hash__(self):  # rope_scaling is a dict; graphdefs hash their static config
-        d = dataclasses.asdict(self)
-        d["rope_scaling"] = tuple(sorted((self.rope_scaling or {}).items()))
-        return hash(tuple(sorted(d.items())))
-
-    @property
-    def num_exit_heads(self) -> int:
-        return len(self.exit_head_layers)
-
-    @property
-    def jnp_dtype(self):
-        return DTYPES[self.dtype]
-
-    @classmethod
-    def from_hf(cls, hf: dict, **overrides) -> LlamaConfig:
-        """From a Hugging Face ``config.json`` dict (transformers 4 or 5 rope layout)."""
-        hf = dict(hf)
-        if hf.get("model_type", "llama") != "llama":
-            raise ValueError(f"config model_type is {hf['model_type']!r}, expected 'llama'")
-        if hf.get("hidden_act", "silu") != "silu":
-            raise ValueError(f"config hidden_act is {hf['hidden_act']!r}, expected 'silu'")
-        for k in ("attention_bias", "mlp_bias"):
-            if hf.get(k):
-                raise ValueError(f"config {k}=true is not supported (expected false)")
-        rope = dict(hf.get("rope_parameters") or {})
-        rope_theta = rope.pop("rope_theta", hf.get("rope_theta", 10000.0))
-        if not rope and hf.get("rope_scaling"):
-            rope = dict(hf["rope_scaling"])
-        kind = rope.get("rope_type", rope.get("type", "default"))
-        if kind not in ROPE_TYPES:
-            raise ValueError(f"unsupported rope type {kind!r} in config (rope_parameters / "
-                             f"rope_scaling); supported: {ROPE_TYPES}")
-        kw = dict(rope_theta=float(rope_theta), rope_scaling=None if kind == "default" else rope)
-        for f in dataclasses.fields(cls):
-            if f.name in hf and f.name not in ("rope_theta", "rope_scaling", "dtype", "exit_head_layers"):
-                kw[f.name] = hf[f.name]
-        dt = hf.get("dtype") or hf.get("torch_dtype")
-        kw["dtype"] = dt if dt in DTYPES else "float32"
-        kw.update(overrides)
-        return cls(**kw)
-
-    def to_hf(self, num_layers: int | None = None) -> dict:
-        """A ``config.json`` dict for transformers (``num_hidden_layers = num_layers``)."""
-        rope = {"rope_type": "default", "rope_theta": self.rope_theta}
-        if self.rope_scaling:
-            rope.update(self.rope_scaling)
-        n = self.num_hidden_layers if num_layers is None else num_layers
-        tied = self.tie_word_embeddings and n not in self.exit_head_layers
-        eos = list(self.eos_token_id) if isinstance(self.eos_token_id, tuple) else self.eos_token_id
-        return dict(
-            architectures=["LlamaForCausalLM"], model_type="llama", vocab_size=self.vocab_size,
-            hidden_size=self.hidden_size, intermediate_size=self.intermediate_size,
-            num_hidden_layers=n, num_attention_heads=self.num_attention_heads,
-            num_key_value_heads=self.num_key_value_heads, head_dim=self.head_dim,
-            hidden_act="silu", rms_norm_eps=self.rms_norm_eps, rope_parameters=rope,
-            max_position_embeddings=self.max_position_embeddings, tie_word_embeddings=tied,
-            attention_bias=False, mlp_bias=False, dtype=self.dtype, bos_token_id=self.bos_token_id,
-            eos_token_id=eos, pad_token_id=self.pad_token_id)
-
-
-def rope_inv_freq(cfg: LlamaConfig) -> np.ndarray:
-    """Inverse frequencies (head_dim / 2,), with the ``llama3`` rescaling when configured."""
-    dim = cfg.head_dim
-    inv = 1.0 / (cfg.rope_theta ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
-    inv = inv.astype(np.float32)
-    rs = cfg.rope_scaling
-    if rs is None:
-        return inv
-    factor, lo, hi = rs["factor"], rs["low_freq_factor"], rs["high_freq_factor"]
-    old = rs["original_max_position_embeddings"]
-    wavelen = 2 * np.pi / inv
-    scaled = np.where(wavelen > old / lo, inv / factor, inv)
-    smooth = (old / wavelen - lo) / (hi - lo)
-    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
-    medium = ~(wavelen < old / hi) & ~(wavelen > old / lo)
-    return np.where(medium, smoothed, scaled).astype(np.float32)
-
-
-def rope_tables(cfg: LlamaConfig, positions_BxL, dtype):
-    freqs = positions_BxL[..., None].astype(jnp.float32) * jnp.asarray(rope_inv_freq(cfg))
-    emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]  # B x L x 1 x K
-    return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
-
-
-def _rope(x, cos, sin):
-    half = x.shape[-1] // 2
-    rot = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-    return x * cos + rot * sin
-
-
-def rms_norm(x, w, eps):
-    xf = x.astype(jnp.float32)
-    xf = xf * lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
-    return w * xf.astype(x.dtype)
-
-
-def qkv(cfg, p, x_BxTxD, cos, sin):
-    h = rms_norm(x_BxTxD, p["attn_norm"], cfg.rms_norm_eps)
-    q = _rope(jnp.einsum("btd,dhk->bthk", h, p["wq"]), cos, sin)
-    k = _rope(jnp.einsum("btd,dgk->btgk", h, p["wk"]), cos, sin)
-    return q, k, jnp.einsum("btd,dgk->btgk", h, p["wv"])
-
-
-def attend_mlp(cfg, p, x_BxTxD, q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, mask_BxTxS):
-    """Grouped-query attention of q over (k, v) under a boolean mask, then the SwiGLU MLP."""
-    B, T, H, K = q_BxTxHxK.shape
-    G = k_BxSxGxK.shape[2]
-    q = q_BxTxHxK.reshape(B, T, G, H // G, K)
-    s = jnp.einsum("btgrk,bsgk->bgrts", q, k_BxSxGxK).astype(jnp.float32) * K**-0.5
-    s = jnp.where(mask_BxTxS[:, None, None], s, jnp.finfo(jnp.float32).min)
-    w = jax.nn.softmax(s, axis=-1).astype(q.dtype)
-    o = jnp.einsum("bgrts,bsgk->btgrk", w, v_BxSxGxK).reshape(B, T, H, K)
-    x = x_BxTxD + jnp.einsum("bthk,hkd->btd", o, p["wo"])
-    h = rms_norm(x, p["mlp_norm"], cfg.rms_norm_eps)
-    gate = jax.nn.silu(jnp.einsum("btd,df->btf", h, p["w_gate"]))
-    up = jnp.einsum("btd,df->btf", h, p["w_up"])
-    return x + jnp.einsum("btf,fd->btd", gate * up, p["w_down"])
-
-
-def layer_shapes(cfg: LlamaConfig) -> dict[str, tuple[tuple[int, ...], tuple[str, ...]]]:
-    """Stacked per-layer parameter shapes and logical axis names."""
-    N, D, F = cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size
-    H, G, K = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-    return {
-        "attn_norm": ((N, D), ("layers", "embed")),
-        "wq": ((N, D, H, K), ("layers", "embed", "heads", "head_dim")),
-        "wk": ((N, D, G, K), ("layers", "embed", "kv_heads", "head_dim")),
-        "wv": ((N, D, G, K), ("layers", "embed", "kv_heads", "head_dim")),
-        "wo": ((N, H, K, D), ("layers", "heads", "head_dim", "embed")),
-        "mlp_norm": ((N, D), ("layers", "embed")),
-        "w_gate": ((N, D, F), ("layers", "embed", "mlp")),
-        "w_up": ((N, D, F), ("layers", "embed", "mlp")),
-        "w_down": ((N, F, D), ("layers", "mlp", "embed")),
-    }
-
-
-class Layers(nnx.Module):
-    """All decoder layers' parameters, stacked on a leading ``"layers"`` axis."""
+class DecoderLayer(nnx.Module):
+    """Pre-norm attention + SwiGLU MLP, each with a residual."""
 
     def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
-        init = nnx.initializers.normal(0.02)
-        for name, (shape, names) in layer_shapes(cfg).items():
-            value = (jnp.ones(shape, cfg.jnp_dtype) if name.endswith("norm")
-                     else init(rngs.params(), shape, cfg.jnp_dtype))
-            setattr(self, name, sharding.param(value, names))
+        D, dt = cfg.hidden_size, cfg.jnp_dtype
+        init = lambda k, s, d: nnx.initializers.normal(0.02)(k, s, d)  # noqa: E731
+        self.attn_norm = nn.RMSNorm(D, eps=cfg.rms_norm_eps, dtype=dt)
+        self.attn = nn.Attention(D, cfg.num_attention_heads, num_kv_heads=cfg.num_key_value_heads,
+                                 head_dim=cfg.head_dim, rope=cfg.rope, dtype=dt, kernel_init=init, rngs=rngs)
+        self.mlp_norm = nn.RMSNorm(D, eps=cfg.rms_norm_eps, dtype=dt)
+        self.mlp = nn.MLP(D, cfg.intermediate_size, activation="silu", gated=True, dtype=dt, kernel_init=init,
+                          rngs=rngs)
 
-    def stacked(self) -> dict[str, jax.Array]:
-        return {k: getattr(self, k)[...] for k in LAYER_KEYS}
+    def __call__(self, x, *, mask, positions, width=None, heads=None, rank=None, cache=None, layer=None,
+                 start=None):
+        a = self.attn(self.attn_norm(x), mask=mask, positions=positions, heads=heads, rank=rank, cache=cache,
+                      layer=layer, start=start)
+        a, cache = a if cache is not None else (a, None)
+        x = x + a
+        x = x + self.mlp(self.mlp_norm(x), hidden=width, rank=rank)
+        return x if cache is None else (x, cache)
 
 
 class Llama(nnx.Module):
     def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
         D, V, E, dt = cfg.hidden_size, cfg.vocab_size, cfg.num_exit_heads, cfg.jnp_dtype
-        init = nnx.initializers.normal(0.02)
-        self.embed = sharding.param(init(rngs.params(), (V, D), dt), ("vocab", "embed"))
-        self.layers = Layers(cfg, rngs=rngs)
-        self.final_norm = sharding.param(jnp.ones((D,), dt), ("embed",))
-        self.lm_head = (None if cfg.tie_word_embeddings
-                        else sharding.param(init(rngs.params(), (D, V), dt), ("embed", "vocab")))
+        init = lambda k, s, d: nnx.initializers.normal(0.02)(k, s, d)  # noqa: E731
+        self.embed = nn.Embed(V, D, dtype=dt, rngs=rngs)
+        self.layers = nn.LayerStack(lambda r: DecoderLayer(cfg, rngs=r), cfg.num_hidden_layers, rngs=rngs,
+                                    remat=cfg.remat)
+        self.final_norm = nn.RMSNorm(D, eps=cfg.rms_norm_eps, dtype=dt)
+        self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(
+            D, V, names=("embed", "vocab"), use_bias=False, dtype=dt, kernel_init=init, rngs=rngs)
         if E:
             self.exit_norm = sharding.param(jnp.ones((E, D), dt), (None, "embed"))
             self.exit_head = sharding.param(init(rngs.params(), (E, D, V), dt), (None, "embed", "vocab"))
 
-    # -- pieces shared by the full-sequence and the KV-cache paths --------------------------
-    def embed_tokens(self, tokens_BxL):
-        return jnp.take(self.embed[...], tokens_BxL, axis=0)
+    # -- the model protocol (sortedjax.protocol) ---------------------------------------------
+    @property
+    def num_layers(self) -> int:
+        return self.cfg.num_hidden_layers
+
+    @property
+    def limits(self) -> dict[str, int]:
+        c = self.cfg
+        return {"depth": c.num_hidden_layers, "width": c.intermediate_size, "heads": c.num_attention_heads}
+
+    def _sizes(self, sub: SubModel | None, exit_layer):
+        """(depth, layer kwargs) of ``sub`` / ``exit_layer``, validated when concrete."""
+        if sub is not None and exit_layer is not None and sub.depth is not None:
+            raise ValueError("give the depth once: sub=SubModel(depth=...) or exit_layer=..., not both")
+        sub = sub or SubModel()
+        depth = sub.depth if exit_layer is None else exit_layer
+        check_sizes({"depth": depth, "width": sub.width, "heads": sub.heads}, self.limits)
+        return depth, dict(width=sub.width, heads=sub.heads, rank=sub.rank)
 
     def check_exit(self, exit_layer):
-        n = self.cfg.num_hidden_layers
-        if exit_layer is None:
-            return n
-        if not isinstance(exit_layer, jax.core.Tracer) and not 1 <= int(exit_layer) <= n:
-            raise ValueError(f"exit_layer {int(exit_layer)} outside the allowed range 1..{n}")
-        return exit_layer
+        check_sizes({"depth": exit_layer}, self.limits)
+        return self.cfg.num_hidden_layers if exit_layer is None else exit_layer
 
     def logits_from_hidden(self, h_xD, exit_index=None):
         """Final RMSNorm + LM head on pre-norm hidden states (float32 logits).
@@ -270,107 +95,178 @@ class Llama(nnx.Module):
         the ``exit_index``-th separate exit head (``cfg.exit_head_layers[exit_index]``).
         """
         if exit_index is None:
-            h = rms_norm(h_xD, self.final_norm[...], self.cfg.rms_norm_eps)
-            w_DxV = self.embed[...].T if self.lm_head is None else self.lm_head[...]
-        else:
-            if not self.cfg.num_exit_heads:
-                raise ValueError("exit_index given but the model has no separate exit heads "
-                                 "(LlamaConfig.exit_head_layers is empty)")
-            h = rms_norm(h_xD, self.exit_norm[exit_index], self.cfg.rms_norm_eps)
-            w_DxV = self.exit_head[exit_index]
-        return jnp.einsum("...d,dv->...v", h, w_DxV).astype(jnp.float32)
+            h = self.final_norm(h_xD)
+            out = self.embed.attend(h) if self.lm_head is None else self.lm_head(h)
+            return out.astype(jnp.float32)
+        if not self.cfg.num_exit_heads:
+            raise ValueError("exit_index given but the model has no separate exit heads "
+                             "(LlamaConfig.exit_head_layers is empty)")
+        normed = self.exit_norm[exit_index] * nn.norm.rms_normalize(h_xD, self.cfg.rms_norm_eps)
+        return jnp.einsum("...d,dv->...v", normed, self.exit_head[exit_index]).astype(jnp.float32)
 
     def logits_at_exit(self, h_xD, exit_layer):
         """Logits for hidden states after ``exit_layer`` layers (own head if it has one)."""
         if not self.cfg.num_exit_heads:
             return self.logits_from_hidden(h_xD)
-        layers_E = jnp.asarray(self.cfg.exit_head_layers, jnp.int32)
-        hit_E = layers_E == jnp.asarray(exit_layer, jnp.int32)
-        idx = jnp.argmax(hit_E)
-        return lax.cond(hit_E.any(), lambda h: self.logits_from_hidden(h, idx),
+        hit_E = jnp.asarray(self.cfg.exit_head_layers, jnp.int32) == jnp.asarray(exit_layer, jnp.int32)
+        return lax.cond(hit_E.any(), lambda h: self.logits_from_hidden(h, jnp.argmax(hit_E)),
                         lambda h: self.logits_from_hidden(h), h_xD)
 
-    def _inputs(self, tokens_BxL, attention_mask, positions):
+    def _run(self, tokens_BxL, depth, exits, attention_mask, positions, kw):
+        self.check_ids(tokens_BxL)
         B, L = tokens_BxL.shape
-        if attention_mask is None:
-            mask_BxL = jnp.ones((B, L), bool)
-        else:
-            mask_BxL = jnp.asarray(attention_mask).astype(bool)
+        mask_BxL = jnp.ones((B, L), bool) if attention_mask is None else jnp.asarray(attention_mask).astype(bool)
         if positions is None:  # padding-aware positions, as transformers' generate uses
             positions = jnp.maximum(jnp.cumsum(mask_BxL, axis=1) - 1, 0)
-        cos, sin = rope_tables(self.cfg, jnp.asarray(positions), self.cfg.jnp_dtype)
-        causal = jnp.tril(jnp.ones((L, L), bool))
-        return self.embed_tokens(tokens_BxL), cos, sin, causal[None] & mask_BxL[:, None, :]
+        x = self.embed(tokens_BxL)
+        return self.layers(x, depth=depth, exits=exits, mask=mask_BxL[:, None, :], positions=jnp.asarray(positions),
+                           **kw)
 
-    def _run(self, tokens_BxL, depth, exits, attention_mask, positions):
-        x, cos, sin, mask = self._inputs(tokens_BxL, attention_mask, positions)
+    def check_ids(self, tokens) -> None:
+        """Token ids outside the vocabulary raise (concrete ids only; ``jnp.take`` would give NaN)."""
+        if isinstance(tokens, jax.core.Tracer):
+            return
+        t = np.asarray(tokens)
+        if t.size and (t.min() < 0 or t.max() >= self.cfg.vocab_size):
+            bad = int(t.min()) if t.min() < 0 else int(t.max())
+            raise ValueError(f"token id {bad} outside the vocabulary: allowed 0..{self.cfg.vocab_size - 1}")
 
-        def layer(p, h):
-            q, k, v = qkv(self.cfg, p, h, cos, sin)
-            return attend_mlp(self.cfg, p, h, q, k, v, mask)
+    def __call__(self, tokens_BxL, exit_layer=None, attention_mask=None, positions=None, *, sub: SubModel | None = None):
+        """Logits B x L x V of sub-model ``sub`` (or the first ``exit_layer`` layers; may be traced)."""
+        depth, kw = self._sizes(sub, exit_layer)
+        h = self._run(tokens_BxL, depth, None, attention_mask, positions, kw)
+        return self.logits_at_exit(h, self.cfg.num_hidden_layers if depth is None else depth)
 
-        return masks.depth_scan(layer, self.layers.stacked(), x, depth, exits)
-
-    def __call__(self, tokens_BxL, exit_layer=None, attention_mask=None, positions=None):
-        """Logits B x L x V after ``exit_layer`` layers (``None``: all; may be traced)."""
-        exit_layer = self.check_exit(exit_layer)
-        h = self._run(tokens_BxL, exit_layer, None, attention_mask, positions)
-        return self.logits_at_exit(h, exit_layer)
-
-    def hidden_states(self, tokens_BxL, exits, attention_mask=None, positions=None):
+    def hidden_states(self, tokens_BxL, exits, attention_mask=None, positions=None, *, sub: SubModel | None = None):
         """Pre-final-norm hidden states E x B x L x D after each exit (1-based layer counts)."""
         exits_E = exits if isinstance(exits, jax.Array) else tuple(int(e) for e in exits)
-        depth = jnp.max(jnp.asarray(exits_E)) if isinstance(exits_E, jax.Array) else max(exits_E)
-        _, h_E = self._run(tokens_BxL, depth, exits_E, attention_mask, positions)
+        depth = jnp.max(exits_E) if isinstance(exits_E, jax.Array) else max(exits_E)
+        _, kw = self._sizes(sub, None)
+        _, h_E = self._run(tokens_BxL, depth, exits_E, attention_mask, positions, kw)
         return h_E
 
-    def forward_cached(self, tokens_BxT, cache_k, cache_v, valid_BxS, start, positions_BxT, exit_layer):
-        """Run ``T`` new tokens written at cache slots ``start..start+T-1``.
+    def init_cache(self, batch: int, length: int) -> nn.KVCache:
+        c = self.cfg
+        return nn.KVCache.create(c.num_hidden_layers, batch, length, c.num_key_value_heads, c.head_dim, c.jnp_dtype)
 
-        ``cache_k``/``cache_v``: N x B x S x G x K; ``valid_BxS``: which slots hold real tokens.
-        A query attends to valid slots ``<=`` its own slot. Layers past ``exit_layer`` are
-        skipped and their cache entries left untouched. Returns (pre-norm h, cache_k, cache_v).
+    def forward_cached(self, tokens_BxT, cache: nn.KVCache, *, start, positions_BxT, exit_layer=None,
+                       sub: SubModel | None = None, hook=None, hook_state=None):
+        """Run ``T`` new tokens written at cache slots ``start..start+T-1`` (see the protocol).
+
+        A query attends to valid slots ``<=`` its own. Layers past ``exit_layer`` are skipped and
+        their cache entries left untouched. Returns ``(pre-norm h, cache[, hook_state])``.
         """
-        exit_layer = jnp.asarray(self.check_exit(exit_layer), jnp.int32)
-        T, S = tokens_BxT.shape[1], cache_k.shape[2]
-        x = self.embed_tokens(tokens_BxT)
-        cos, sin = rope_tables(self.cfg, positions_BxT, x.dtype)
-        q_slot = start + jnp.arange(T)
-        mask = (jnp.arange(S)[None, :] <= q_slot[:, None])[None] & valid_BxS[:, None, :]
+        depth, kw = self._sizes(sub, exit_layer)
+        x = self.embed(tokens_BxT)
+        mask = cache.attention_mask(start, tokens_BxT.shape[1])
+        return self.layers(x, depth=depth, cache=cache, hook=hook, hook_state=hook_state, mask=mask,
+                           positions=positions_BxT, start=start, **kw)
 
-        def body(carry, inp):
-            i, p = inp
+    # -- extraction (sortedjax.extract) -------------------------------------------------------
+    def sub_config(self, sizes) -> LlamaConfig:
+        c = self.cfg
+        d, f, h = (sizes.get(k, lim) for k, lim in self.limits.items())
+        r = c.num_attention_heads // c.num_key_value_heads
+        if h % r:
+            raise ValueError(f"heads {h}: a standalone model keeps whole kv groups, so heads must be a multiple of "
+                             f"{r} (num_attention_heads / num_key_value_heads)")
+        own = d in c.exit_head_layers
+        return dataclasses.replace(c, num_hidden_layers=d, intermediate_size=f, num_attention_heads=h,
+                                   num_key_value_heads=h // r, head_dim=c.head_dim, exit_head_layers=(),
+                                   tie_word_embeddings=c.tie_word_embeddings and not own)
 
-            def run(c):
-                h, ck, cv = c
-                q, k, v = qkv(self.cfg, p, h, cos, sin)
-                ck = lax.dynamic_update_slice(ck, k[None].astype(ck.dtype), (i, 0, start, 0, 0))
-                cv = lax.dynamic_update_slice(cv, v[None].astype(cv.dtype), (i, 0, start, 0, 0))
-                return attend_mlp(self.cfg, p, h, q, ck[i], cv[i], mask), ck, cv
+    def axis_sizes(self, sizes) -> dict[str, int]:
+        c = self.cfg
+        d, f, h = (sizes.get(k, lim) for k, lim in self.limits.items())
+        return {"layers": d, "mlp": f, "heads": h, "kv_heads": h // (c.num_attention_heads // c.num_key_value_heads)}
 
-            return lax.cond(i < exit_layer, run, lambda c: c, carry), None
+    def extract_params(self, params: dict, sizes) -> dict:
+        """Exit ``depth`` with its own head becomes the small model's final norm + head."""
+        d = sizes.get("depth", self.cfg.num_hidden_layers)
+        exit_norm, exit_head = params.pop("exit_norm", None), params.pop("exit_head", None)
+        if d in self.cfg.exit_head_layers:
+            j = self.cfg.exit_head_layers.index(d)
+            params["final_norm"] = {"scale": exit_norm[j]}
+            params["lm_head"] = {"kernel": exit_head[j]}
+        return params
 
-        idx = jnp.arange(self.cfg.num_hidden_layers, dtype=jnp.int32)
-        (h, ck, cv), _ = lax.scan(body, (x, cache_k, cache_v), (idx, self.layers.stacked()))
-        return h, ck, cv
+
+# -- Hugging Face checkpoints ---------------------------------------------------------------
+_HF_LAYER = {  # our per-layer parameter path -> (HF suffix, Linear with this many input axes / None)
+    ("attn_norm", "scale"): ("input_layernorm.weight", None),
+    ("attn", "q", "kernel"): ("self_attn.q_proj.weight", 1),
+    ("attn", "k", "kernel"): ("self_attn.k_proj.weight", 1),
+    ("attn", "v", "kernel"): ("self_attn.v_proj.weight", 1),
+    ("attn", "o", "kernel"): ("self_attn.o_proj.weight", 2),
+    ("mlp_norm", "scale"): ("post_attention_layernorm.weight", None),
+    ("mlp", "gate", "kernel"): ("mlp.gate_proj.weight", 1),
+    ("mlp", "up", "kernel"): ("mlp.up_proj.weight", 1),
+    ("mlp", "down", "kernel"): ("mlp.down_proj.weight", 1),
+}
+
+
+def _hf_names(cfg: LlamaConfig):
+    """(our path, HF name, n_in or None, our shape) for every tensor of a checkpoint."""
+    abstract = nnx.eval_shape(lambda: Llama(cfg, rngs=nnx.Rngs(0)))
+    shapes = jax.tree.map(lambda x: x.shape, nnx.to_pure_dict(nnx.state(abstract, nnx.Param)))
+    out = [(("embed", "embedding"), "model.embed_tokens.weight", None, shapes["embed"]["embedding"]),
+           (("final_norm", "scale"), "model.norm.weight", None, shapes["final_norm"]["scale"])]
+    if not cfg.tie_word_embeddings:
+        out.append((("lm_head", "kernel"), "lm_head.weight", 1, shapes["lm_head"]["kernel"]))
+    layer_shapes = shapes["layers"]["layers"]
+    for path, (suffix, n_in) in _HF_LAYER.items():
+        shape = layer_shapes
+        for k in path:
+            shape = shape[k]
+        for i in range(cfg.num_hidden_layers):
+            out.append((("layers", "layers") + path + (i,), f"model.layers.{i}.{suffix}", n_in, shape[1:]))
+    return out
 
 
 def from_pretrained(path_or_id: str, dtype: str = "float32", mesh=None, **overrides: Any) -> Llama:
-    """Load a Hugging Face LLaMA checkpoint (local dir or hub id); see :mod:`sortedjax.hf`."""
-    from sortedjax import hf
+    """Load a Hugging Face LLaMA checkpoint (local dir or hub id), params placed into ``mesh`` shardings."""
+    d = hf.resolve(path_or_id)
+    cfg = LlamaConfig.from_hf(hf.load_config(d), dtype=dtype, **overrides)
+    sd = hf.load_state_dict(d)
+    extra = sorted(k for k in sd if k.startswith(f"model.layers.{cfg.num_hidden_layers}."))
+    if extra:
+        raise ValueError(f"checkpoint has tensor {extra[0]!r} but config.json says "
+                         f"num_hidden_layers={cfg.num_hidden_layers}")
+    dt = np.dtype(cfg.jnp_dtype)
+    params: dict = {}
+    stacked: dict = {}
+    for path, name, n_in, shape in _hf_names(cfg):
+        w = hf.read_tensor(sd, name, shape, n_in, dt)
+        if isinstance(path[-1], int):
+            stacked.setdefault(path[:-1], []).append(w)
+        else:
+            hf.set_path(params, path, w)
+    for path, ws in stacked.items():
+        hf.set_path(params, path, np.stack(ws))
+    if cfg.num_exit_heads:  # separate exit heads start as copies of the final norm + head
+        head = params["embed"]["embedding"].T if cfg.tie_word_embeddings else params["lm_head"]["kernel"]
+        params["exit_norm"] = np.stack([params["final_norm"]["scale"]] * cfg.num_exit_heads)
+        params["exit_head"] = np.stack([head] * cfg.num_exit_heads)
+    return hf.place(lambda: Llama(cfg, rngs=nnx.Rngs(0)), params, mesh)
 
-    return hf.load_model(path_or_id, dtype=dtype, mesh=mesh, **overrides)
 
+def save_pretrained(model: Llama, out_dir, sub: SubModel | None = None, num_layers: int | None = None) -> None:
+    """Write sub-model ``sub`` (or the first ``num_layers`` layers) as a transformers checkpoint."""
+    from sortedjax.extract import extract
 
-def save_pretrained(model: Llama, out_dir: str, num_layers: int | None = None) -> None:
-    """Export the sub-model of the first ``num_layers`` layers as a transformers checkpoint."""
-    from sortedjax import hf
-
-    hf.save_model(model, out_dir, num_layers=num_layers)
-
-
-def generate(model: Llama, prompt_ids, **kwargs) -> np.ndarray:
-    """KV-cache generation; see :func:`sortedjax.decoding.generate` for the arguments."""
-    from sortedjax import decoding
-
-    return decoding.generate(model, prompt_ids, **kwargs)
+    if num_layers is not None:
+        if sub is not None:
+            raise ValueError("give sub=SubModel(...) or num_layers=..., not both")
+        sub = SubModel.of(depth=num_layers)
+    small = model if sub is None else extract(model, sub)
+    if small.cfg.num_exit_heads:
+        small = extract(small, SubModel.of(depth=small.cfg.num_hidden_layers))
+    params = nnx.to_pure_dict(nnx.state(small, nnx.Param))
+    tensors = {}
+    for path, name, n_in, _ in _hf_names(small.cfg):
+        w = params
+        for k in path[:-1] if isinstance(path[-1], int) else path:
+            w = w[k]
+        w = np.asarray(jax.device_get(w))
+        tensors[name] = hf.to_torch_layout(w[path[-1]] if isinstance(path[-1], int) else w, n_in)
+    hf.write_checkpoint(out_dir, small.cfg.to_hf(), tensors)

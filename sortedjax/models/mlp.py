@@ -1,9 +1,10 @@
 """A SortedNet MLP: width-sorted hidden neurons and a depth-gated stack of hidden blocks.
 
 ``in_dim -> hidden`` (input layer), ``num_blocks`` stacked ``hidden -> hidden`` blocks run by
-:func:`sortedjax.masks.depth_scan`, then ``hidden -> out_dim``. A :class:`SubModel` with
+:class:`sortedjax.nn.LayerStack`, then ``hidden -> out_dim``. A :class:`SubModel` with
 ``width=k`` keeps the first ``k`` neurons of every hidden layer; ``depth=n`` runs the first
-``n`` blocks. Shapes never change, so one compiled program serves every sub-model.
+``n`` blocks. Shapes never change, so one compiled program serves every sub-model, and
+:func:`sortedjax.extract.extract` cuts any sub-model out as a smaller ``SortedMLP``.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sortedjax import masks
-from sortedjax.sharding import param
-from sortedjax.submodel import SubModel
+from sortedjax import nn
+from sortedjax.submodel import SubModel, check_sizes
+
+ACTIVATIONS = ("relu", "gelu", "tanh")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -33,53 +35,58 @@ class MLPConfig:
                 raise ValueError(f"MLPConfig.{f} must be >= 1, got {getattr(self, f)}")
         if self.num_blocks < 0:
             raise ValueError(f"MLPConfig.num_blocks must be >= 0, got {self.num_blocks}")
-        if self.activation not in ("relu", "gelu", "tanh"):
-            raise ValueError(f"MLPConfig.activation {self.activation!r} unknown; allowed: relu, gelu, tanh")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"MLPConfig.activation {self.activation!r} unknown; allowed: {ACTIVATIONS}")
 
 
-def _act(name):
-    return {"relu": jax.nn.relu, "gelu": jax.nn.gelu, "tanh": jnp.tanh}[name]
+def _uniform(key, shape, dtype, fan_in):  # torch.nn.Linear's default initialisation
+    return (jax.random.uniform(key, shape, jnp.float32, -1.0, 1.0) / jnp.sqrt(fan_in)).astype(dtype)
 
 
-def _dense_init(key, fan_in, shape):
-    return jax.random.uniform(key, shape, jnp.float32, -1.0, 1.0) / jnp.sqrt(fan_in)
+def _dense(n_in, n_out, names, rngs):
+    init = lambda k, s, d: _uniform(k, s, d, n_in)  # noqa: E731
+    return nn.Linear(n_in, n_out, names=names, kernel_init=init, bias_init=init, rngs=rngs)
+
+
+class Block(nnx.Module):
+    def __init__(self, cfg: MLPConfig, *, rngs: nnx.Rngs):
+        self.act = cfg.activation
+        self.dense = _dense(cfg.hidden, cfg.hidden, ("embed", "mlp"), rngs)  # FSDP shards the input axis
+
+    def __call__(self, h, *, width=None, mask=None):
+        h = nn.ACTIVATIONS[self.act](self.dense(h, out_size=width))
+        return h if mask is None else h * mask
 
 
 class SortedMLP(nnx.Module):
     def __init__(self, cfg: MLPConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
-        d, h, o, L = cfg.in_dim, cfg.hidden, cfg.out_dim, cfg.num_blocks
-        self.w_in = param(_dense_init(rngs.params(), d, (d, h)), ("in", "mlp"))
-        self.b_in = param(_dense_init(rngs.params(), d, (h,)), ("mlp",))
-        self.w_blocks = param(_dense_init(rngs.params(), h, (L, h, h)), ("layers", "embed", "mlp")) if L else None
-        self.b_blocks = param(_dense_init(rngs.params(), h, (L, h)), ("layers", "mlp")) if L else None
-        self.w_out = param(_dense_init(rngs.params(), h, (h, o)), ("mlp", "classes"))
-        self.b_out = param(_dense_init(rngs.params(), h, (o,)), ("classes",))
+        self.inp = _dense(cfg.in_dim, cfg.hidden, ("in", "mlp"), rngs)
+        self.blocks = nn.LayerStack(lambda r: Block(cfg, rngs=r), cfg.num_blocks, rngs=rngs) if cfg.num_blocks else None
+        self.out = _dense(cfg.hidden, cfg.out_dim, ("mlp", "classes"), rngs)
 
-    def check(self, sub: SubModel | None) -> None:
-        """Validate concrete sizes of ``sub`` against this model (traced sizes pass)."""
-        if sub is None:
-            return
-        for name, hi in (("width", self.cfg.hidden), ("depth", self.cfg.num_blocks)):
-            v = getattr(sub, name)
-            if v is None or isinstance(v, jax.core.Tracer):
-                continue
-            if not 1 <= int(v) <= hi:
-                raise ValueError(f"{name} {int(v)} outside the allowed range 1..{hi}")
+    @property
+    def limits(self) -> dict[str, int]:
+        return {"width": self.cfg.hidden, **({"depth": self.cfg.num_blocks} if self.cfg.num_blocks else {})}
 
     def __call__(self, x_BxD: jax.Array, sub: SubModel | None = None, *, hidden_mask=None) -> jax.Array:
-        """Logits of sub-model ``sub`` (None = full). ``hidden_mask`` overrides the width mask."""
-        self.check(sub)
-        act = _act(self.cfg.activation)
-        width = None if sub is None else sub.width
-        m = masks.width_mask(self.cfg.hidden, width) if hidden_mask is None else jnp.asarray(hidden_mask, jnp.float32)
-        h = act(x_BxD @ self.w_in[...] + self.b_in[...]) * m
-        if self.cfg.num_blocks:
-            depth = None if sub is None else sub.depth
+        """Logits of sub-model ``sub`` (None = full). ``hidden_mask`` (a 0/1 vector over the
+        hidden neurons) replaces the prefix width mask, e.g. to keep the *last* k neurons."""
+        sub = sub or SubModel()
+        check_sizes(sub, self.limits)
+        act = nn.ACTIVATIONS[self.cfg.activation]
+        mask = None if hidden_mask is None else jnp.asarray(hidden_mask, x_BxD.dtype)
+        h = act(self.inp(x_BxD, out_size=sub.width))
+        h = h if mask is None else h * mask
+        if self.blocks is not None:
+            h = self.blocks(h, depth=sub.depth, width=sub.width, mask=mask)
+        return self.out(h)
 
-            def block(p, h):
-                w, b = p
-                return act(h @ w + b) * m
+    # -- extraction (sortedjax.extract) -------------------------------------------------------
+    def sub_config(self, sizes) -> MLPConfig:
+        return dataclasses.replace(self.cfg, hidden=sizes.get("width", self.cfg.hidden),
+                                   num_blocks=sizes.get("depth", self.cfg.num_blocks))
 
-            h = masks.depth_scan(block, (self.w_blocks[...], self.b_blocks[...]), h, depth)
-        return h @ self.w_out[...] + self.b_out[...]
+    def axis_sizes(self, sizes) -> dict[str, int]:
+        w = sizes.get("width", self.cfg.hidden)  # a block's input ("embed") is the previous hidden layer
+        return {"mlp": w, "embed": w, "layers": sizes.get("depth", self.cfg.num_blocks)}

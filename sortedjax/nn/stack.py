@@ -1,0 +1,148 @@
+"""The one layer runner: a stack of layers, depth-gated, with exits, a KV cache and remat.
+
+``LayerStack(make_layer, num_layers, rngs=...)`` builds ``num_layers`` copies of a layer with
+their parameters stacked on a leading ``"layers"`` axis (``nnx.vmap``) and runs them with
+``lax.scan``. Each step is ``lax.cond(i < depth, layer, identity)``: with a scalar ``depth``
+(traced is fine) XLA executes only the taken branch, so layers past the sub-model's depth
+cost (almost) nothing and one compiled program serves every depth. Layers of different
+shapes (CNN stages) go in ``LayerStack.of([...])`` and are unrolled with the same gating.
+
+A layer is called as ``layer(h, **kwargs) -> h``, or, with a cache,
+``layer(h, cache=cache, layer=i, **kwargs) -> (h, cache)``. Non-parameter state that a layer
+updates (BatchNorm statistics) is written back. ``remat`` picks a ``jax.checkpoint`` policy
+per layer (:data:`REMAT_POLICIES`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax import lax
+
+REMAT_POLICIES: dict[str, Any] = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_saveable,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+Hook = Callable[[jax.Array, jax.Array, jax.Array, Any], tuple[jax.Array, Any]]
+
+
+def check_remat(remat: str) -> str:
+    if remat not in REMAT_POLICIES:
+        raise ValueError(f"remat policy {remat!r} unknown; allowed: {tuple(REMAT_POLICIES)}")
+    return remat
+
+
+class LayerStack(nnx.Module):
+    def __init__(self, make_layer: Callable[[nnx.Rngs], nnx.Module] | None, num_layers: int, *,
+                 rngs: nnx.Rngs | None = None, remat: str = "none", layers: Sequence[nnx.Module] | None = None):
+        if num_layers < 1:
+            raise ValueError(f"LayerStack needs num_layers >= 1, got {num_layers}")
+        self.num_layers, self.remat = num_layers, check_remat(remat)
+        self.stacked = layers is None
+        if self.stacked:
+            @nnx.split_rngs(splits=num_layers)
+            @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+            def make(r):
+                return make_layer(r)
+
+            self.layers = make(rngs)
+        else:
+            self.layers = nnx.List(list(layers))
+
+    @classmethod
+    def of(cls, layers: Sequence[nnx.Module], *, remat: str = "none") -> LayerStack:
+        """A stack of given (possibly differently shaped) layers, unrolled at trace time."""
+        return cls(None, len(layers), layers=layers, remat=remat)
+
+    def check_depth(self, depth) -> None:
+        if depth is None or isinstance(depth, jax.core.Tracer):
+            return
+        if not 1 <= int(depth) <= self.num_layers:
+            raise ValueError(f"depth {int(depth)} outside the allowed range 1..{self.num_layers}")
+
+    def check_exits(self, exits) -> None:
+        if isinstance(exits, jax.Array):
+            return
+        bad = [e for e in exits if not 1 <= int(e) <= self.num_layers]
+        if bad:
+            raise ValueError(f"exit {int(bad[0])} outside the allowed range 1..{self.num_layers}")
+
+    def __call__(self, x, *, depth=None, exits: Sequence[int] | jax.Array | None = None, cache=None,
+                 hook: Hook | None = None, hook_state=None, **kwargs):
+        """Run ``x`` through layers ``0..depth-1`` (``None``: all).
+
+        Args:
+          exits: distinct 1-based layer counts whose hidden states to collect (static ints or an
+            int32 array); exit ``e`` holds the state after layer ``e`` (after ``depth`` layers
+            when ``e > depth``: skipped layers are the identity).
+          cache: threaded through the layers (``layer(h, cache=..., layer=i)``); skipped layers
+            leave it untouched.
+          hook: ``hook(i, h_in, h_out, hook_state) -> (h, hook_state)`` after each executed
+            layer (per-row early exit uses it).
+          kwargs: passed to every layer.
+
+        Returns ``h``, then ``states_E`` if ``exits`` is given, ``cache`` if given, and
+        ``hook_state`` if a hook is given, as a tuple when more than ``h``.
+        """
+        self.check_depth(depth)
+        depth_ = jnp.asarray(self.num_layers if depth is None else depth, jnp.int32)
+        collect = exits is not None
+        if collect:
+            self.check_exits(exits)
+            exits_E = jnp.asarray(exits, jnp.int32)
+            buf = jnp.zeros((exits_E.shape[0],) + x.shape, x.dtype)
+        else:
+            exits_E, buf = None, None
+        policy = REMAT_POLICIES[self.remat]
+
+        def make_step(graphdef):
+            def run(p, o, i, h, cache, hs):
+                layer = nnx.merge(graphdef, p, o)
+                if cache is None:
+                    out = layer(h, **kwargs)
+                else:
+                    out, cache = layer(h, cache=cache, layer=i, **kwargs)
+                if hook is not None:
+                    out, hs = hook(i, h, out, hs)
+                return out, cache, hs, nnx.state(layer, nnx.Not(nnx.Param))
+
+            if policy is not None:
+                run = jax.checkpoint(run, policy=policy)
+
+            def step(carry, p, o, i):
+                h, buf, cache, hs = carry
+                h, cache, hs, o = lax.cond(i < depth_, run, lambda p, o, i, h, c, s: (h, c, s, o),
+                                           p, o, i, h, cache, hs)
+                if collect:  # write only the slot of a hit exit (no E x ... broadcast select per layer)
+                    hit = exits_E == i + 1
+                    buf = lax.cond(hit.any(), lambda b: lax.dynamic_update_index_in_dim(b, h, jnp.argmax(hit), 0),
+                                   lambda b: b, buf)
+                return (h, buf, cache, hs), o
+
+            return step
+
+        carry = (x, buf, cache, hook_state)
+        if self.stacked:
+            graphdef, params, other = nnx.split(self.layers, nnx.Param, ...)
+            step = make_step(graphdef)
+            idx = jnp.arange(self.num_layers, dtype=jnp.int32)
+            carry, new_other = lax.scan(lambda c, inp: step(c, *inp), carry, (params, other, idx))
+            if jax.tree.leaves(other):
+                nnx.update(self.layers, new_other)
+        else:
+            for i, layer in enumerate(self.layers):
+                graphdef, params, other = nnx.split(layer, nnx.Param, ...)
+                carry, new_other = make_step(graphdef)(carry, params, other, jnp.int32(i))
+                if jax.tree.leaves(other):
+                    nnx.update(layer, new_other)
+        h, buf, cache, hook_state = carry
+        out = (h,) + ((buf,) if collect else ()) + ((cache,) if cache is not None else ()) + (
+            (hook_state,) if hook is not None else ())
+        return out[0] if len(out) == 1 else out
