@@ -3,7 +3,8 @@
 :func:`sample_skeletons` encodes B point sets once, repeats each code ``n_samples`` times and
 decodes all ``B * n_samples`` sequences together, one token per step, through a KV cache
 (``lax.while_loop``, stopping as soon as every sequence has emitted the end token). Sampling
-is ``"top_k"`` (thesis: k=40), ``"top_p"`` (nucleus) or ``"greedy"``. One compiled program
+is ``"top_k"`` (thesis: k=40), ``"top_p"`` (nucleus) or ``"greedy"``, all drawn by the shared
+sampler :func:`sortedjax.sampling.sample`. One compiled program
 serves every call with the same shapes; point counts are padded to powers of two so that
 problems of different sizes share programs.
 
@@ -21,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from sortedjax.sampling import sample
 from symreg.model import SymbolicGPT, init_cache, make_points
 
 METHODS = ("top_k", "top_p", "greedy")
@@ -43,25 +45,13 @@ class SamplingConfig:
         if self.temperature <= 0:
             raise ValueError(f"SamplingConfig.temperature must be > 0, got {self.temperature}")
 
-
-def sample_logits(logits_BxV: jax.Array, key: jax.Array, cfg: SamplingConfig) -> jax.Array:
-    """One token per row: argmax, or a draw from the top-k / top-p truncated softmax."""
-    logits_BxV = logits_BxV.astype(jnp.float32)
-    if cfg.method == "greedy":
-        return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
-    logits_BxV = logits_BxV / cfg.temperature
-    if cfg.method == "top_k":
-        k = min(cfg.top_k, logits_BxV.shape[-1])
-        kth_Bx1 = jax.lax.top_k(logits_BxV, k)[0][:, -1:]
-        logits_BxV = jnp.where(logits_BxV < kth_Bx1, -jnp.inf, logits_BxV)
-    else:  # top_p: keep the smallest prefix of the sorted distribution with mass >= p
-        sorted_BxV = jnp.sort(logits_BxV, axis=-1)[:, ::-1]
-        probs = jax.nn.softmax(sorted_BxV, axis=-1)
-        mass_before = jnp.cumsum(probs, axis=-1) - probs
-        n_keep_Bx1 = jnp.sum(mass_before < cfg.top_p, axis=-1, keepdims=True)
-        cutoff_Bx1 = jnp.take_along_axis(sorted_BxV, n_keep_Bx1 - 1, axis=-1)
-        logits_BxV = jnp.where(logits_BxV < cutoff_Bx1, -jnp.inf, logits_BxV)
-    return jax.random.categorical(key, logits_BxV, axis=-1).astype(jnp.int32)
+    def sample_args(self) -> dict:
+        """The ``temperature`` / ``top_k`` / ``top_p`` arguments of :func:`sortedjax.sampling.sample`."""
+        if self.method == "greedy":
+            return {"temperature": 0.0, "top_k": 0, "top_p": 1.0}
+        if self.method == "top_k":
+            return {"temperature": self.temperature, "top_k": self.top_k, "top_p": 1.0}
+        return {"temperature": self.temperature, "top_k": 0, "top_p": self.top_p}
 
 
 @functools.partial(
@@ -85,7 +75,7 @@ def _generate(graphdef, state, points, mask, key, *, n_samples, sampling, start_
         current_Sx1 = jax.lax.dynamic_slice_in_dim(tokens, t, 1, axis=1)
         logits, cache = model.decode(current_Sx1, z_SxE, start=t, cache=cache)
         key, sub = jax.random.split(key)
-        nxt = sample_logits(jnp.where(banned, -jnp.inf, logits[:, 0]), sub, sampling)
+        nxt = sample(jnp.where(banned, -jnp.inf, logits[:, 0]), sub, **sampling.sample_args())
         nxt = jnp.where(done, pad_id, nxt)
         tokens = jax.lax.dynamic_update_slice_in_dim(tokens, nxt[:, None], t + 1, axis=1)
         return t + 1, tokens, cache, done | (nxt == end_id), key

@@ -15,8 +15,11 @@ mask) and any ``d <= max_vars`` (missing variables are zero columns) and returns
 The decoder is a pre-LayerNorm GPT of ``n_layers`` blocks whose input at position ``t`` is
 ``W_t[token_t] + W_p[t] + z`` and whose output projection is tied to ``W_t^T``.
 
-``decode`` runs either a full causal pass or, given a KV cache from :func:`init_cache`,
-appends ``T`` tokens at position ``start`` (used by :mod:`symreg.decoding`).
+Everything is built from the shared layers of :mod:`sortedjax.nn` (``Linear``, ``Embed``,
+``LayerNorm``, ``Attention``, ``MLP``); the blocks run through one ``LayerStack`` (parameters
+stacked on a ``"layers"`` axis, ``lax.scan``). ``decode`` runs either a full causal pass or,
+given a :class:`sortedjax.nn.KVCache` from :func:`init_cache`, appends ``T`` tokens at
+position ``start`` (used by :mod:`symreg.decoding`).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from sortedjax import nn
 from sortedjax.sharding import param
 
 PRESETS: dict[str, dict[str, int]] = {
@@ -73,14 +77,21 @@ class ModelConfig:
         return self.max_vars + 1
 
 
-class Dense(nnx.Module):
-    def __init__(self, n_in: int, n_out: int, names: tuple, *, rngs: nnx.Rngs, scale: float = 1.0):
-        init = jax.nn.initializers.variance_scaling(scale, "fan_in", "truncated_normal")
-        self.kernel = param(init(rngs.params(), (n_in, n_out)), names)
-        self.bias = param(jnp.zeros((n_out,)), names[1:])
+LN_EPS = 1e-6  # flax's LayerNorm default, which the model was tuned with
 
-    def __call__(self, x):
-        return x @ self.kernel[...] + self.bias[...]
+
+def fan_in_init(scale: float = 1.0, n_in: int = 1):
+    """``kernel_init``: truncated normal of variance ``scale / fan_in``, fan-in = the first ``n_in`` axes."""
+
+    def init(key, shape, dtype=jnp.float32):
+        axes = {"in_axis": tuple(range(n_in)), "out_axis": tuple(range(n_in, len(shape)))}
+        return jax.nn.initializers.variance_scaling(scale, "fan_in", "truncated_normal", **axes)(key, shape, dtype)
+
+    return init
+
+
+def dense(n_in: int, n_out: int, names: tuple, *, rngs: nnx.Rngs, scale: float = 1.0) -> nn.Linear:
+    return nn.Linear(n_in, n_out, names=names, kernel_init=fan_in_init(scale), rngs=rngs)
 
 
 def masked_stats(x_BxNxF: jax.Array, mask_BxN: jax.Array, eps: float = 1e-6):
@@ -98,11 +109,11 @@ class TNet(nnx.Module):
         self.norm_scale = param(jnp.ones((f,)), ("in",))
         self.norm_bias = param(jnp.zeros((f,)), ("in",))
         self.stages = nnx.List(
-            [Dense(a, b, ("in", "mlp"), rngs=rngs, scale=2.0) for a, b in ((f, e), (e, 2 * e), (2 * e, 4 * e))]
+            [dense(a, b, ("in", "mlp"), rngs=rngs, scale=2.0) for a, b in ((f, e), (e, 2 * e), (2 * e, 4 * e))]
         )
-        self.norms = nnx.List([nnx.LayerNorm(w, rngs=rngs) for w in (e, 2 * e, 4 * e)])
-        self.fc1 = Dense(4 * e + 2 * f, 2 * e, ("mlp", "embed"), rngs=rngs, scale=2.0)
-        self.fc2 = Dense(2 * e, e, ("mlp", "embed"), rngs=rngs)
+        self.norms = nnx.List([nn.LayerNorm(w, eps=LN_EPS, names=("mlp",)) for w in (e, 2 * e, 4 * e)])
+        self.fc1 = dense(4 * e + 2 * f, 2 * e, ("mlp", "embed"), rngs=rngs, scale=2.0)
+        self.fc2 = dense(2 * e, e, ("mlp", "embed"), rngs=rngs)
 
     def __call__(self, points_BxNxF: jax.Array, mask_BxN: jax.Array) -> jax.Array:
         x = points_BxNxF.astype(jnp.float32)
@@ -110,8 +121,8 @@ class TNet(nnx.Module):
         x = jnp.where(valid[..., None], x, 0.0)
         mean_BxF, std_BxF = masked_stats(x, valid)
         h = (x - mean_BxF[:, None]) / std_BxF[:, None] * self.norm_scale[...] + self.norm_bias[...]
-        for dense, norm in zip(self.stages, self.norms):
-            h = jax.nn.relu(norm(dense(h)))
+        for linear, norm in zip(self.stages, self.norms):
+            h = jax.nn.relu(norm(linear(h)))
         pooled_BxH = jnp.max(jnp.where(valid[..., None], h, -jnp.inf), axis=1)
         pooled_BxH = jnp.where(jnp.isfinite(pooled_BxH), pooled_BxH, 0.0)  # all-padding rows
         stats = jnp.concatenate([jnp.sign(mean_BxF) * jnp.log1p(jnp.abs(mean_BxF)), jnp.log(std_BxF)], -1)
@@ -120,71 +131,67 @@ class TNet(nnx.Module):
 
 
 class Block(nnx.Module):
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        e, h = cfg.embed, cfg.n_heads
-        self.n_heads, self.head_dim = h, e // h
-        self.ln1 = nnx.LayerNorm(e, rngs=rngs)
-        self.ln2 = nnx.LayerNorm(e, rngs=rngs)
-        self.qkv = Dense(e, 3 * e, ("embed", "heads"), rngs=rngs)
-        self.proj = Dense(e, e, ("heads", "embed"), rngs=rngs, scale=1.0 / (2 * cfg.n_layers))
-        self.up = Dense(e, cfg.mlp_ratio * e, ("embed", "mlp"), rngs=rngs)
-        self.down = Dense(cfg.mlp_ratio * e, e, ("mlp", "embed"), rngs=rngs, scale=1.0 / (2 * cfg.n_layers))
+    """Pre-LayerNorm GPT block: ``x + attn(ln1(x))``, then ``+ mlp(ln2(x))`` (GELU, tanh form).
 
-    def __call__(self, x_BxTxE, start, cache):
-        b, t, e = x_BxTxE.shape
-        q, k, v = jnp.split(self.qkv(self.ln1(x_BxTxE)), 3, axis=-1)
-        q, k, v = (a.reshape(b, t, self.n_heads, self.head_dim) for a in (q, k, v))
-        if cache is not None:  # write this chunk at [start, start + t) and attend to the cache
-            k = jax.lax.dynamic_update_slice(cache[0], k.astype(cache[0].dtype), (0, start, 0, 0))
-            v = jax.lax.dynamic_update_slice(cache[1], v.astype(cache[1].dtype), (0, start, 0, 0))
-            cache = (k, v)
-        q_pos = start + jnp.arange(t)
-        k_pos = jnp.arange(k.shape[1])
-        causal_TxS = k_pos[None, :] <= q_pos[:, None]
-        scores_BxHxTxS = jnp.einsum("bthd,bshd->bhts", q, k) / jnp.sqrt(self.head_dim).astype(q.dtype)
-        scores_BxHxTxS = jnp.where(causal_TxS, scores_BxHxTxS.astype(jnp.float32), -1e30)
-        att = jax.nn.softmax(scores_BxHxTxS, axis=-1).astype(v.dtype)
-        y = jnp.einsum("bhts,bshd->bthd", att, v).reshape(b, t, e)
-        x_BxTxE = x_BxTxE + self.proj(y)
-        x_BxTxE = x_BxTxE + self.down(jax.nn.gelu(self.up(self.ln2(x_BxTxE))))
-        return x_BxTxE, cache
+    The output projections start at variance ``1 / (2 n_layers fan_in)`` (GPT-2 residual scaling).
+    """
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        e, res = cfg.embed, fan_in_init(1.0 / (2 * cfg.n_layers), n_in=2)
+        self.ln1 = nn.LayerNorm(e, eps=LN_EPS)
+        self.ln2 = nn.LayerNorm(e, eps=LN_EPS)
+        self.attn = nn.Attention(e, cfg.n_heads, use_bias=True, causal=True, rope=None,
+                                 kernel_init=fan_in_init(), out_init=res, rngs=rngs)
+        self.mlp = nn.MLP(e, cfg.mlp_ratio * e, activation="gelu_tanh", gated=False, use_bias=True,
+                          kernel_init=fan_in_init(), out_init=fan_in_init(1.0 / (2 * cfg.n_layers)), rngs=rngs)
+
+    def __call__(self, x_BxTxE, *, mask=None, cache=None, layer=None, start=None):
+        """``x_BxTxE`` -> same; with ``cache`` (and its ``mask``) also the updated cache."""
+        h_BxTxE = self.ln1(x_BxTxE)
+        if cache is None:
+            a_BxTxE = self.attn(h_BxTxE, mask=mask)
+        else:
+            a_BxTxE, cache = self.attn(h_BxTxE, mask=mask, cache=cache, layer=layer, start=start)
+        x_BxTxE = x_BxTxE + a_BxTxE
+        x_BxTxE = x_BxTxE + self.mlp(self.ln2(x_BxTxE))
+        return x_BxTxE if cache is None else (x_BxTxE, cache)
 
 
 class SymbolicGPT(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
-        init = jax.nn.initializers.normal(0.02)
         self.tnet = TNet(cfg, rngs=rngs)
-        self.tok_embed = param(init(rngs.params(), (cfg.vocab_size, cfg.embed)), ("vocab", "embed"))
-        self.pos_embed = param(init(rngs.params(), (cfg.max_len, cfg.embed)), ("length", "embed"))
-        self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
-        self.ln_f = nnx.LayerNorm(cfg.embed, rngs=rngs)
+        self.tok_embed = nn.Embed(cfg.vocab_size, cfg.embed, names=("vocab", "embed"), rngs=rngs)
+        self.pos_embed = nn.Embed(cfg.max_len, cfg.embed, names=("length", "embed"), rngs=rngs)
+        self.blocks = nn.LayerStack(lambda r: Block(cfg, rngs=r), cfg.n_layers, rngs=rngs)
+        self.ln_f = nn.LayerNorm(cfg.embed, eps=LN_EPS)
 
     def encode(self, points_BxNxF: jax.Array, mask_BxN: jax.Array) -> jax.Array:
         """Points (variables zero-padded to ``max_vars``, then y) -> ``z_BxE``."""
         return self.tnet(points_BxNxF, mask_BxN)
 
-    def decode(self, tokens_BxT: jax.Array, z_BxE: jax.Array, *, start=0, cache=None):
-        """Logits for ``T`` tokens at positions ``start..start+T-1``; returns (logits, cache)."""
+    def decode(self, tokens_BxT: jax.Array, z_BxE: jax.Array, *, start=0, cache: nn.KVCache | None = None):
+        """Logits for ``T`` tokens at positions ``start..start+T-1``; returns (logits, cache).
+
+        Without ``cache`` the ``T`` tokens attend causally among themselves; with it they are
+        written at slots ``start..`` and attend to every earlier slot.
+        """
         t = tokens_BxT.shape[1]
-        pos_TxE = jax.lax.dynamic_slice_in_dim(self.pos_embed[...], start, t, axis=0)
-        x = self.tok_embed[...][tokens_BxT] + pos_TxE[None] + z_BxE[:, None, :]
-        new_cache = []
-        for i, block in enumerate(self.blocks):
-            x, c = block(x, start, None if cache is None else cache[i])
-            new_cache.append(c)
-        logits_BxTxV = self.ln_f(x) @ self.tok_embed[...].T
-        return logits_BxTxV, (None if cache is None else tuple(new_cache))
+        x_BxTxE = self.tok_embed(tokens_BxT) + self.pos_embed(start + jnp.arange(t))[None] + z_BxE[:, None, :]
+        if cache is None:
+            x_BxTxE = self.blocks(x_BxTxE)
+        else:
+            x_BxTxE, cache = self.blocks(x_BxTxE, cache=cache, start=start, mask=cache.attention_mask(start, t))
+        return self.tok_embed.attend(self.ln_f(x_BxTxE)), cache
 
     def __call__(self, points_BxNxF, mask_BxN, tokens_BxT):
         logits, _ = self.decode(tokens_BxT, self.encode(points_BxNxF, mask_BxN))
         return logits
 
 
-def init_cache(cfg: ModelConfig, batch: int, dtype=jnp.float32):
-    """An empty KV cache: per block a (keys, values) pair of ``B x max_len x H x head_dim``."""
-    shape = (batch, cfg.max_len, cfg.n_heads, cfg.embed // cfg.n_heads)
-    return tuple((jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(cfg.n_layers))
+def init_cache(cfg: ModelConfig, batch: int, dtype=jnp.float32) -> nn.KVCache:
+    """An empty KV cache of ``n_layers x B x max_len x n_heads x head_dim`` (every slot valid)."""
+    return nn.KVCache.create(cfg.n_layers, batch, cfg.max_len, cfg.n_heads, cfg.embed // cfg.n_heads, dtype)
 
 
 def save_pretrained(model: SymbolicGPT, path: str, extra: dict | None = None) -> None:

@@ -10,7 +10,6 @@ id are masked out of the loss.
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -98,16 +97,3 @@ def train_symbolicgpt(model_cfg: ModelConfig, arrays: dict, train_cfg, *, batch_
     data = LengthBuckets(arrays, batch_size, seed=train_cfg.seed, pad_id=model_cfg.pad_id)
     return train(model, make_loss_fn(model_cfg.pad_id), data, train_cfg, mesh=mesh)
 
-
-def evaluate_loss(model: SymbolicGPT, arrays: dict, batch_size: int = 256, pad_id: int = 0) -> dict:
-    """Mean masked loss and accuracies over ``arrays`` (e.g. a validation split)."""
-    loss_fn = nnx.jit(make_loss_fn(pad_id))
-    rows, sizes = [], []
-    n = len(arrays["tokens"])
-    for s in range(0, n, batch_size):
-        batch = {k: jnp.asarray(v[s : s + batch_size]) for k, v in arrays.items()}
-        loss, m = loss_fn(model, batch, jax.random.key(0))
-        rows.append({"loss": float(loss), **{k: float(v) for k, v in m.items()}})
-        sizes.append(len(batch["tokens"]))
-    w = np.asarray(sizes, float) / sum(sizes)
-    return {k: float(sum(r[k] * wi for r, wi in zip(rows, w))) for k in rows[0]}

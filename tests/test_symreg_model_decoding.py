@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from symreg.decoding import SamplingConfig, sample_logits, sample_skeletons
+from sortedjax.sampling import sample
+from symreg.decoding import SamplingConfig, sample_skeletons
 from symreg.model import ModelConfig, SymbolicGPT, init_cache, make_points
 
 CFG = ModelConfig.preset("tiny", vocab_size=13, max_len=10, max_vars=1)
@@ -64,12 +65,17 @@ def test_greedy_cached_generation_equals_naive_full_forward(model):
 def test_sampling_methods_respect_truncation():
     logits = jnp.tile(jnp.array([[0.0, 3.0, 2.9, -1.0, 1.0]]), (4000, 1))
     key = jax.random.key(0)
-    k2 = np.asarray(sample_logits(logits, key, SamplingConfig(method="top_k", top_k=2)))
+
+    def draw(logits, key, cfg):  # how _generate draws a token
+        return sample(logits, key, **cfg.sample_args())
+
+    k2 = np.asarray(draw(logits, key, SamplingConfig(method="top_k", top_k=2)))
     assert set(np.unique(k2)) == {1, 2}
-    p = np.asarray(sample_logits(logits, key, SamplingConfig(method="top_p", top_p=0.01)))
+    p = np.asarray(draw(logits, key, SamplingConfig(method="top_p", top_p=0.01)))
     assert set(np.unique(p)) == {1}
-    full = np.asarray(sample_logits(logits, key, SamplingConfig(method="top_k", top_k=40)))
+    full = np.asarray(draw(logits, key, SamplingConfig(method="top_k", top_k=40)))
     assert len(np.unique(full)) == 5
+    assert np.all(np.asarray(draw(logits, key, SamplingConfig(method="greedy"))) == 1)
     with pytest.raises(ValueError, match="method"):
         SamplingConfig(method="beam")
 
