@@ -4,14 +4,13 @@ import numpy as np
 import pytest
 
 from sortedjax import masks
-from sortedjax.submodel import Dim, Pool, SubModel
+from sortedjax.submodel import Dim, Pool, SubModel, check_sizes
 
 
 def test_prefix_mask_traced():
     f = jax.jit(lambda k: masks.prefix_mask(6, k))
     np.testing.assert_array_equal(f(3), [1, 1, 1, 0, 0, 0])
     np.testing.assert_array_equal(f(6), np.ones(6))
-    np.testing.assert_array_equal(masks.head_mask(3, 2, 2), [1, 1, 1, 1, 0, 0])
     assert f._cache_size() == 1
 
 
@@ -59,30 +58,19 @@ def test_unknown_dimension():
         SubModel.of(size=3)
 
 
-def test_depth_scan_skips_and_collects():
-    L = 5
-    ws = jnp.arange(1, L + 1, dtype=jnp.float32)  # layer i multiplies by (i+1)
-
-    def layer(w, h):
-        return h * w
-
-    f = jax.jit(lambda d: masks.depth_scan(layer, ws, jnp.ones(3), d, exits=(1, 3, 5)))
-    h, states = f(3)
-    np.testing.assert_allclose(h, 6.0 * np.ones(3))  # 1*2*3, layers 4,5 skipped
-    np.testing.assert_allclose(states[:, 0], [1.0, 6.0, 6.0])  # exit 5 > depth: state at depth
-    h5, states5 = f(5)
-    np.testing.assert_allclose(states5[:, 0], [1.0, 6.0, 120.0])
-    assert f._cache_size() == 1
-    with pytest.raises(ValueError, match="depth 0 outside the allowed range 1..5"):
-        masks.depth_scan(layer, ws, jnp.ones(3), 0)
-    with pytest.raises(ValueError, match="exit 6 outside the allowed range 1..5"):
-        masks.depth_scan(layer, ws, jnp.ones(3), None, exits=(6,))
-
-
-def test_depth_scan_skipped_layers_do_not_run():
-    """A skipped layer that would produce NaN leaves no trace (the branch is not taken)."""
-    ws = jnp.array([2.0, jnp.nan, jnp.nan])
-    h = jax.jit(lambda d: masks.depth_scan(lambda w, h: h * w, ws, jnp.ones(2), d))(1)
-    np.testing.assert_allclose(h, [2.0, 2.0])
-    g = jax.grad(lambda w: masks.depth_scan(lambda w, h: h * w, w, jnp.ones(2), 1).sum())(ws)
-    np.testing.assert_allclose(g, [2.0, 0.0, 0.0])
+def test_sizes_outside_the_model_raise():
+    limits = {"width": 32, "depth": 4}
+    check_sizes(SubModel.of(width=32, depth=1), limits)
+    for sub, msg in [(SubModel.of(width=40), "width 40 outside the allowed range 1..32"),
+                     (SubModel.of(width=0), "width 0 outside the allowed range 1..32"),
+                     (SubModel.of(depth=5), "depth 5 outside the allowed range 1..4"),
+                     (SubModel.of(heads=2), "no sub-model dimension 'heads'")]:
+        with pytest.raises(ValueError, match=msg):
+            check_sizes(sub, limits)
+    with pytest.raises(ValueError, match="width 48 outside the allowed range 1..32"):
+        Pool({"width": Dim.range(8, 48)}, limits=limits)
+    with pytest.raises(ValueError, match="depth 6 outside the allowed range 1..4"):
+        Pool.from_configs([{"depth": 2}, {"depth": 6}], limits=limits)
+    with pytest.raises(ValueError, match="support sizes must be >= 1"):
+        Dim(support=(0, 2))
+    Pool({"width": Dim.range(1, 32), "depth": Dim.range(1, 4)}, limits=limits)  # fits: no error
