@@ -26,6 +26,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from sortedjax import decoding  # noqa: E402
 from sortedjax.models import llama  # noqa: E402
 
 CONFIGS = {
@@ -61,7 +62,7 @@ def run(name, hf_kw, batch, prompt_len, new_tokens, repeats):
     with torch.no_grad():
         ours_prefill, torch_prefill = best_of([lambda: fwd(state, jt).block_until_ready(), lambda: ref(tt)], repeats)
 
-    gen = lambda: llama.generate(model, tokens, max_new_tokens=new_tokens)  # noqa: E731
+    gen = lambda: decoding.generate(model, tokens, max_new_tokens=new_tokens)  # noqa: E731
     ours_tokens = gen()
     mask = torch.ones_like(tt)
     hf_gen = lambda: ref.generate(tt, attention_mask=mask, do_sample=False, max_new_tokens=new_tokens,  # noqa: E731

@@ -20,7 +20,6 @@ clearly above its reverse order; ordinary training shows no such ordering.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -30,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from experiments import flags
 from sortedjax import objectives
 from sortedjax.models.mlp import MLPConfig, SortedMLP
 from sortedjax.submodel import Dim, Pool
@@ -42,15 +42,16 @@ METHODS = ("ordinary", "sortednet")
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Config:
-    workdir: str = "runs/sorting_order"
-    hidden: int = 10
-    samples: int = 1000
-    data_seed: int = 42
-    test_fraction: float = 0.2
-    epochs: int = 10
-    batch_size: int = 16
-    learning_rate: float = 0.01
-    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    workdir: str = flags.option("runs/sorting_order", help="directory for checkpoints, results.json and the figure")
+    hidden: int = flags.option(10, help="hidden neurons of the 2 -> HIDDEN -> 4 MLP (the widths k = 1..HIDDEN)")
+    samples: int = flags.option(1000, help="synthetic points, spread evenly over the 4 classes (at least 8)")
+    data_seed: int = flags.option(42, help="seed of the synthetic data set and its train/test split")
+    test_fraction: float = flags.option(0.2, help="fraction of the samples held out for testing, in (0, 1)")
+    epochs: int = flags.option(10, help="training epochs per network")
+    batch_size: int = flags.option(16, help="training batch size")
+    learning_rate: float = flags.option(0.01, help="Adam learning rate")
+    seeds: int = flags.option(5, help="number of training seeds per method: networks are trained with seeds "
+                                      "0..SEEDS-1 and the accuracies averaged")
 
     def __post_init__(self):
         if self.hidden < 1:
@@ -61,8 +62,8 @@ class Config:
             raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
-        if not self.seeds:
-            raise ValueError("seeds must name at least one seed")
+        if self.seeds < 1:
+            raise ValueError(f"seeds must be >= 1 (the number of training seeds), got {self.seeds}")
 
 
 def make_data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -116,13 +117,13 @@ def accuracies(model: SortedMLP, x, y, masks_KxH):
 
 def run(cfg: Config) -> dict:
     x, y = make_data(cfg.samples, cfg.data_seed)
-    n_test = int(round(cfg.samples * cfg.test_fraction))
+    n_test = round(cfg.samples * cfg.test_fraction)
     train_data = {"x": x[n_test:], "y": y[n_test:]}
     x_test, y_test = jnp.asarray(x[:n_test]), jnp.asarray(y[:n_test])
     om = {k: jnp.asarray(v) for k, v in order_masks(cfg.hidden).items()}
     per_seed = {m: {o: [] for o in om} for m in METHODS}
     for method in METHODS:
-        for seed in cfg.seeds:
+        for seed in range(cfg.seeds):
             model = train_one(cfg, method, seed, train_data)
             for order, masks_KxH in om.items():
                 per_seed[method][order].append(np.asarray(accuracies(model, x_test, y_test, masks_KxH)).tolist())
@@ -175,12 +176,7 @@ def plot(results: dict, path: str) -> None:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--workdir", default=Config.workdir)
-    p.add_argument("--epochs", type=int, default=Config.epochs)
-    p.add_argument("--seeds", type=int, default=len(Config.seeds), help="number of seeds (0..n-1)")
-    a = p.parse_args(argv)
-    cfg = Config(workdir=a.workdir, epochs=a.epochs, seeds=tuple(range(a.seeds)))
+    cfg = flags.parse(Config, argv, __doc__)
     os.makedirs(cfg.workdir, exist_ok=True)
     results = run(cfg)
     print_table(results)

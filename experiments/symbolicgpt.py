@@ -43,6 +43,8 @@ import time
 
 import numpy as np
 
+from experiments import flags
+
 SETTINGS = {"1var": 1, "2var": 2, "3var": 3, "general": (1, 9)}
 METHODS = ("symbolicgpt", "gplearn", "mlp", "operon")
 THRESHOLDS = (-10, -5, -2)
@@ -50,35 +52,41 @@ THRESHOLDS = (-10, -5, -2)
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Config:
-    setting: str = "1var"
-    workdir: str = "runs/symbolicgpt"
+    setting: str = flags.option(
+        "1var", choices=tuple(SETTINGS),
+        help="variables per equation: 1var, 2var, 3var, or general (1 to 9 variables)")
+    workdir: str = flags.option(
+        "runs/symbolicgpt", help="directory for the generated data, the trained model, records, results and figures")
     # data and model
-    n_train: int = 10000
-    preset: str = "cpu"
-    max_len: int = 48
+    n_train: int = flags.option(10000, help="generated training equations")
+    preset: str = flags.option("cpu", help="model size preset of symreg.model (tiny, cpu, small, thesis)")
+    max_len: int = flags.option(48, help="longest skeleton in tokens; longer training equations are dropped")
     # training (AdamW, warmup + cosine)
-    steps: int = 600
-    batch_size: int = 64
-    learning_rate: float = 2e-3
-    warmup_steps: int = 40
-    weight_decay: float = 0.01
+    steps: int = flags.option(600, help="training steps (AdamW, warmup + cosine decay)")
+    batch_size: int = flags.option(64, help="training batch size")
+    learning_rate: float = flags.option(2e-3, help="peak learning rate")
+    warmup_steps: int = flags.option(40, help="linear warmup steps")
+    weight_decay: float = flags.option(0.01, help="AdamW weight decay")
     # evaluation
-    n_test: int = 30
-    n_samples: int = 50
-    sampling: str = "top_k"
-    top_k: int = 40
-    top_p: float = 0.9
-    n_starts: int = 8  # BFGS restarts per candidate
-    methods: tuple[str, ...] = METHODS
-    benchmarks: tuple[str, ...] = ("nguyen", "feynman")
-    gplearn_population: int = 1000
-    gplearn_generations: int = 10
-    operon_generations: int = 1000
-    operon_population: int = 1000
-    sweep_problems: int = 15  # problems used for Fig. 2.3b / 2.3c sweeps (0: skip)
-    seed: int = 0
-    workers: int = 2
-    progress: bool = True
+    n_test: int = flags.option(30, help="generated test problems (the thesis uses 1000)")
+    n_samples: int = flags.option(50, help="skeletons SymbolicGPT samples per problem; the best fit is kept")
+    sampling: str = flags.option("top_k", help="how skeletons are sampled: top_k, top_p or greedy")
+    top_k: int = flags.option(40, help="k of top-k sampling")
+    top_p: float = flags.option(0.9, help="p of nucleus (top-p) sampling")
+    n_starts: int = flags.option(8, help="BFGS restarts per candidate skeleton when fitting its constants")
+    methods: tuple[str, ...] = flags.option(METHODS, choices=METHODS, help="comma-separated methods to evaluate")
+    benchmarks: tuple[str, ...] = flags.option(
+        ("nguyen", "feynman"), choices=("nguyen", "feynman"),
+        help="comma-separated benchmark equation families evaluated besides the generated test set")
+    gplearn_population: int = flags.option(1000, help="gplearn baseline: population size")
+    gplearn_generations: int = flags.option(10, help="gplearn baseline: generations")
+    operon_generations: int = flags.option(1000, help="pyoperon baseline: generations")
+    operon_population: int = flags.option(1000, help="pyoperon baseline: population size")
+    sweep_problems: int = flags.option(
+        15, help="problems used for the samples and points sweeps of Figs. 2.3b / 2.3c (0: skip them)")
+    seed: int = flags.option(0, help="seed of data generation, training, sampling and the baselines")
+    workers: int = flags.option(2, help="processes generating data (for 2000 equations or more)")
+    progress: bool = flags.option(True, help="show progress bars")
 
     def __post_init__(self):
         if self.setting not in SETTINGS:
@@ -99,9 +107,9 @@ class Config:
         return v if isinstance(v, int) else v[1]
 
 
-QUICK = dict(n_train=1500, preset="tiny", steps=150, batch_size=32, n_test=6, n_samples=16,
-             gplearn_population=200, gplearn_generations=5, operon_generations=50,
-             operon_population=200, sweep_problems=3)
+QUICK = {"n_train": 1500, "preset": "tiny", "steps": 150, "batch_size": 32, "n_test": 6, "n_samples": 16,
+         "gplearn_population": 200, "gplearn_generations": 5, "operon_generations": 50,
+         "operon_population": 200, "sweep_problems": 3}
 
 
 # ----------------------------------------------------------------------------- data
@@ -243,7 +251,7 @@ def summarize(records: list[dict]) -> dict:
     out: dict = {}
     for r in records:
         out.setdefault(r["test_set"], {}).setdefault(r["method"], []).append(r)
-    for ts, by_method in out.items():
+    for by_method in out.values():
         for m, rows in by_method.items():
             err = np.array([r["log10_mse_n"] for r in rows], float)
             by_method[m] = {"frac_below": {str(t): float(np.mean(err < t)) for t in THRESHOLDS},
@@ -406,26 +414,24 @@ def print_summary(cfg: Config, results: dict) -> None:
 # ----------------------------------------------------------------------------- CLI
 
 
+def _parser(quick: bool = False):
+    p = flags.parser_for(Config, __doc__, defaults=QUICK if quick else None)
+    p.add_argument("command", nargs="?", default="all", choices=("all", "train", "evaluate"),
+                   help="all: train, then evaluate; train: generate data and train only; evaluate: evaluate "
+                        "the model trained in --workdir (default: all)")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny sizes for a smoke test (" + ", ".join(f"{k}={v}" for k, v in QUICK.items()) +
+                        "); flags given explicitly still win")
+    return p
+
+
 def parse_args(argv=None) -> tuple[str, Config]:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("command", nargs="?", default="all", choices=("all", "train", "evaluate"))
-    p.add_argument("--quick", action="store_true", help="tiny sizes for a smoke test")
-    defaults = Config()
-    for f in dataclasses.fields(Config):
-        flag = "--" + f.name.replace("_", "-")
-        if f.name == "progress":
-            p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
-        elif isinstance(f.default, tuple):
-            p.add_argument(flag, default=None, help=f"comma-separated (default {','.join(f.default)})")
-        else:
-            p.add_argument(flag, type=type(f.default), default=None, help=f"default {getattr(defaults, f.name)}")
-    a = vars(p.parse_args(argv))
-    command, quick = a.pop("command"), a.pop("quick")
-    kw = dict(QUICK) if quick else {}
-    for k, v in a.items():
-        if v is not None:
-            kw[k] = tuple(x for x in v.split(",") if x) if isinstance(getattr(defaults, k), tuple) else v
-    return command, Config(**kw)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--quick", action="store_true")
+    quick = pre.parse_known_args(argv)[0].quick
+    p = _parser(quick)
+    a = p.parse_args(argv)
+    return a.command, flags.config_from(p, Config, a)
 
 
 def main(argv=None) -> None:

@@ -1,0 +1,281 @@
+"""The phases of ``experiments.soft``: base model, fine-tuning, decoding at every exit, scores.
+
+Each phase works in its own sub-directory of the workdir (orbax checkpoints and
+``metrics.jsonl``) and resumes there; :func:`setup` gathers what every phase shares into a
+:class:`Context`. Every function records its wall time in ``Context.times``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+# sharding imports jax but starts no backend: make_mesh can still make simulated CPU devices.
+from sortedjax import sharding
+
+if TYPE_CHECKING:
+    from experiments.soft import SoftExperiment
+
+
+def log(msg: str) -> None:
+    import jax
+
+    if jax.process_index() == 0:
+        print(msg, flush=True)
+
+
+@contextlib.contextmanager
+def timed(times: dict[str, float], name: str):
+    t0 = time.time()
+    try:
+        yield
+    finally:
+        times[name] = time.time() - t0
+
+
+@dataclasses.dataclass
+class Context:
+    """What every phase shares: the config, mesh, data, base checkpoint, tokenizer and exits."""
+
+    cfg: SoftExperiment
+    mesh: Any
+    train_ex: list
+    eval_ex: list
+    base: str  # HF directory (or hub id) of the base model every phase starts from
+    tok: Any
+    num_layers: int
+    exits: tuple[int, ...]
+    data: Any  # ArrayBatches of the encoded training set
+    num_truncated: int
+    main: bool  # process 0: the one that writes
+    times: dict[str, float]
+    t_start: float
+
+    @property
+    def inner(self) -> tuple[int, ...]:
+        """The exits before the last layer (the ones SFT+ICT trains heads for)."""
+        return tuple(e for e in self.exits if e < self.num_layers)
+
+
+def setup(cfg: SoftExperiment) -> Context:
+    """Mesh, examples, the base model (built or reused), its tokenizer, exits and batches."""
+    t_start = time.time()
+    if cfg.distributed:
+        import jax
+
+        jax.distributed.initialize()  # TPU pods: coordinator and process ids come from the environment
+    import jax
+
+    from sortedjax import hf, soft
+    from sortedjax import instruct_data as idata
+    from sortedjax.train import ArrayBatches
+
+    # make_mesh calls ensure_devices first: simulated CPU devices on a laptop.
+    mesh = sharding.make_mesh(str(jax.device_count()) if cfg.mesh == "all" else cfg.mesh)
+    os.makedirs(cfg.workdir, exist_ok=True)
+    log(f"mesh {dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} devices; workdir {cfg.workdir}")
+    times: dict[str, float] = {}
+    task, train_ex, eval_ex = load_examples(cfg)
+    if not eval_ex:
+        raise ValueError("no evaluation examples")
+    with timed(times, "base"):
+        base = cfg.model if cfg.model is not None else build_base(cfg, mesh, task)
+    tok = hf.load_tokenizer(base)
+    if tok is None:
+        raise ValueError(f"no tokenizer files in {base!r}; a Hugging Face LLaMA checkpoint needs its tokenizer")
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.unk_token or tok.eos_token
+    num_layers = int(hf.load_config(hf.resolve(base))["num_hidden_layers"])
+    exits = soft.parse_exits(cfg.exits, num_layers)
+    log(f"base {base}: {num_layers} layers; exits {list(exits)}; {len(train_ex)} train / {len(eval_ex)} eval examples")
+    enc = idata.encode_sft(tok, train_ex, max_len=cfg.max_len, max_response_len=cfg.max_response_len)
+    bs = min(cfg.batch_size, len(train_ex) // cfg.grad_accum * cfg.grad_accum)
+    data = ArrayBatches(enc.arrays(), bs, seed=cfg.seed)
+    return Context(cfg=cfg, mesh=mesh, train_ex=train_ex, eval_ex=eval_ex, base=base, tok=tok, num_layers=num_layers,
+                   exits=exits, data=data, num_truncated=enc.num_truncated, main=jax.process_index() == 0,
+                   times=times, t_start=t_start)
+
+
+def describe(ctx: Context) -> dict:
+    """The head of ``results.json``: what was run on what."""
+    return {"exits": list(ctx.exits), "num_layers": ctx.num_layers, "model": ctx.base, "dataset": ctx.cfg.dataset,
+            "num_train": len(ctx.train_ex), "num_eval": len(ctx.eval_ex), "num_truncated": ctx.num_truncated,
+            "config": dataclasses.asdict(ctx.cfg)}
+
+
+def load_examples(cfg: SoftExperiment):
+    """``(builtin task or None, train examples, eval examples)`` for ``--dataset``."""
+    from sortedjax import instruct_data as idata
+
+    if cfg.dataset == "builtin":
+        task = idata.builtin_task(seed=cfg.seed)
+        return task, task.train, task.eval[: cfg.eval_limit]
+    train = idata.load_dataset_examples(cfg.dataset)
+    if cfg.eval_dataset:
+        ev = idata.load_dataset_examples(cfg.eval_dataset, split="validation", limit=cfg.eval_limit or 500)
+    else:  # hold out the last 5% (at most 500) of the training records
+        n = max(1, min(500, len(train) // 20))
+        train, ev = train[:-n], train[-n:]
+    return None, train, ev[: cfg.eval_limit]
+
+
+# ------------------------------------------------------------------------------ training
+
+
+def _train_cfg(cfg: SoftExperiment, sub: str, steps: int, lr: float, **kw):
+    from sortedjax.train import TrainConfig
+
+    return TrainConfig(workdir=os.path.join(cfg.workdir, sub), steps=steps, learning_rate=lr,
+                       schedule="warmup_cosine", warmup_steps=min(20, steps // 10), end_lr_factor=0.1,
+                       optimizer="adamw", grad_clip_norm=1.0, grad_accum=cfg.grad_accum,
+                       checkpoint_every=100, log_every=10, seed=cfg.seed, desc=sub, **kw)
+
+
+def build_base(cfg: SoftExperiment, mesh, task) -> str:
+    """The offline base model: word tokenizer + LM training on generated text -> HF dir."""
+    import jax
+    from flax import nnx
+
+    from sortedjax import instruct_data as idata
+    from sortedjax import soft
+    from sortedjax.models import llama
+    from sortedjax.train import ArrayBatches, train
+
+    out = os.path.join(cfg.workdir, "base", "hf")
+    if os.path.exists(os.path.join(out, "config.json")) and os.path.exists(os.path.join(out, "tokenizer.json")):
+        log(f"reusing base model {out}")
+        return out
+    corpus = idata.builtin_corpus(task, num_docs=cfg.base_docs, seed=cfg.seed)
+    tok = idata.build_tokenizer(corpus + [e.prompt + " " + e.output for e in task.train + task.eval])
+    mcfg = llama.LlamaConfig(
+        vocab_size=len(tok), hidden_size=cfg.base_hidden, intermediate_size=cfg.base_hidden * 8 // 3 // 8 * 8,
+        num_hidden_layers=cfg.base_layers, num_attention_heads=cfg.base_heads,
+        num_key_value_heads=max(1, cfg.base_heads // 2), max_position_embeddings=256, rope_theta=10000.0,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    model = llama.Llama(mcfg, rngs=nnx.Rngs(cfg.seed))
+    data = ArrayBatches(idata.encode_lm(tok, corpus, max_len=cfg.max_len).arrays(), cfg.batch_size, seed=cfg.seed)
+    loss = soft.make_loss(soft.SoftConfig(mode="sft", exits=(cfg.base_layers,), num_layers=cfg.base_layers))
+    res = train(model, loss, data, _train_cfg(cfg, "base/train", cfg.base_steps, cfg.base_learning_rate),
+                mesh=mesh if cfg.base_sharded else None)
+    if jax.process_index() == 0:
+        llama.save_pretrained(res.model, out)
+        tok.save_pretrained(out)
+    log(f"base model: {cfg.base_layers} layers, final LM loss {res.history[-1]['loss']:.3f}, saved to {out}")
+    return out
+
+
+def finetune(ctx: Context, mode: str, init_path: str, exits, *, steps: int, lr: float, **load_kw):
+    """One fine-tuning phase in its own sub-workdir (resumes); returns (model, last metrics)."""
+    from sortedjax import soft
+    from sortedjax.models import llama
+    from sortedjax.train import train
+
+    cfg = ctx.cfg
+    model = llama.from_pretrained(init_path, dtype=cfg.dtype, mesh=ctx.mesh, **load_kw)
+    scfg = soft.SoftConfig(mode=mode, exits=exits, num_layers=ctx.num_layers, response_len=cfg.max_response_len)
+    name = mode if mode != "extracted" else f"extracted_{exits[0]}"
+    kw = {"trainable": soft.head_filter()} if mode == "sft_ict" else {}
+    t0 = time.time()
+    res = train(model, soft.make_loss(scfg), ctx.data, _train_cfg(cfg, name, steps, lr), mesh=ctx.mesh, **kw)
+    last = res.history[-1] if res.history else {}
+    log(f"{name}: {steps} steps, loss {last.get('loss', float('nan')):.3f} ({time.time() - t0:.0f}s)")
+    return res.model, last
+
+
+def finetune_and_decode(ctx: Context, mode: str):
+    """SFT or SoFT from the base model, saved as a HF checkpoint, decoded and scored at every exit."""
+    from sortedjax.models import llama
+
+    with timed(ctx.times, mode):
+        cfg = ctx.cfg
+        model, last = finetune(ctx, mode, ctx.base, ctx.exits, steps=cfg.steps, lr=cfg.learning_rate)
+        if ctx.main:  # sft/hf is where SFT+ICT starts; soft/hf is what experiments.export cuts
+            llama.save_pretrained(model, os.path.join(cfg.workdir, mode, "hf"))
+            if mode == "soft":
+                ctx.tok.save_pretrained(os.path.join(cfg.workdir, mode, "hf"))
+        outputs = generate_at_exits(ctx, model, ctx.exits)
+        return model, outputs, {**score(outputs, ctx.eval_ex), "final_train_loss": last}
+
+
+def sft_ict(ctx: Context, sft_outputs: dict[int, list[str]]):
+    """SFT+ICT: a separate norm + head per intermediate exit, SFT body frozen; last exit = SFT.
+
+    Returns (model, outputs per exit, scores), or None when there is no intermediate exit."""
+    import jax
+
+    with timed(ctx.times, "sft_ict"):
+        inner, cfg = ctx.inner, ctx.cfg
+        if not inner:
+            return None
+        if jax.process_count() > 1:  # every host reads the SFT export written by process 0
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("sft_export")
+        ict, last = finetune(ctx, "sft_ict", os.path.join(cfg.workdir, "sft", "hf"), inner,
+                             steps=cfg.ict_steps, lr=cfg.ict_learning_rate, exit_head_layers=inner)
+        outputs = {**generate_at_exits(ctx, ict, inner), ctx.num_layers: sft_outputs[ctx.num_layers]}
+        return ict, outputs, {**score(outputs, ctx.eval_ex), "final_train_loss": last}
+
+
+def extracted_depths(ctx: Context) -> tuple[int, ...]:
+    spec = ctx.cfg.extracted
+    if spec.strip() == "auto":
+        return (ctx.exits[(len(ctx.exits) - 1) // 2],) if len(ctx.exits) > 1 else ()
+    from sortedjax import soft
+
+    return soft.parse_exits(spec, ctx.num_layers) if spec else ()
+
+
+def extracted(ctx: Context) -> tuple[dict[str, dict[int, list[str]]], dict[str, dict]]:
+    """Extracted fine-tuning: the first n layers fine-tuned alone, at the same budget.
+
+    Returns ``({"extracted_n": outputs}, {"n": scores})``."""
+    outputs, results = {}, {}
+    with timed(ctx.times, "extracted"):
+        for n in extracted_depths(ctx):
+            m, last = finetune(ctx, "extracted", ctx.base, (n,), steps=ctx.cfg.steps, lr=ctx.cfg.learning_rate)
+            o = generate_at_exits(ctx, m, (n,))
+            outputs[f"extracted_{n}"] = o
+            results[str(n)] = {**{k: v[0] for k, v in score(o, ctx.eval_ex).items()}, "final_train_loss": last}
+    return outputs, results
+
+
+# ------------------------------------------------------------------- decoding and scores
+
+
+def generate_at_exits(ctx: Context, model, exits) -> dict[int, list[str]]:
+    """Greedy responses to every eval prompt at every exit."""
+    import numpy as np
+
+    from sortedjax import decoding
+    from sortedjax import instruct_data as idata
+
+    cfg, tok, examples = ctx.cfg, ctx.tok, ctx.eval_ex
+    plen = max(len(tok(e.prompt, add_special_tokens=False)["input_ids"]) + 1 for e in examples)
+    ids, att = idata.encode_prompts(tok, examples, max_len=min(plen, cfg.max_len))
+    n, bs = len(examples), min(cfg.eval_batch_size, len(examples))
+    pad = (-n) % bs
+    ids, att = np.concatenate([ids, ids[:pad]]), np.concatenate([att, att[:pad]])
+    out = {}
+    for e in exits:
+        toks = [decoding.generate(model, ids[i : i + bs], attention_mask=att[i : i + bs],
+                                  max_new_tokens=cfg.max_new_tokens, exit_layer=e, temperature=0.0,
+                                  stop_tokens=(tok.eos_token_id,), pad_id=idata.pad_id_of(tok))
+                for i in range(0, len(ids), bs)]
+        out[e] = idata.decode_responses(tok, np.concatenate(toks)[:n])
+    return out
+
+
+def score(outputs: dict[int, list[str]], examples) -> dict:
+    """Exact match (%) and mean best ROUGE-L (x100) per exit, in exit order."""
+    from sortedjax import evaluation as ev
+
+    refs = [e.references for e in examples]
+    exits = sorted(outputs)
+    return {
+        "exact_match": [ev.exact_match_accuracy(outputs[e], refs) for e in exits],
+        "rouge_l": [100.0 * sum(ev.best_rouge_l(p, r) for p, r in zip(outputs[e], refs)) / max(len(refs), 1) for e in exits],
+    }
