@@ -10,6 +10,7 @@ from flax import nnx
 from experiments import export
 from sortedjax import instruct_data as idata
 from sortedjax.models import llama
+from sortedjax.submodel import SubModel
 
 
 def test_exported_submodel_matches_transformers(tmp_path):
@@ -31,7 +32,17 @@ def test_exported_submodel_matches_transformers(tmp_path):
         want = ref(torch.tensor(tokens)).logits.numpy()
     np.testing.assert_allclose(model(jnp.asarray(tokens), exit_layer=2), want, atol=1e-4, rtol=1e-4)
 
-    with pytest.raises(ValueError, match="--layers 5 is outside the model's depth: allowed 1..4"):
+    small = tmp_path / "small"
+    export.main(["--workdir", str(tmp_path / "run"), "--layers", "3", "--width", "40", "--heads", "2", "--out", str(small)])
+    ref = transformers.AutoModelForCausalLM.from_pretrained(str(small)).eval()
+    c = ref.config
+    assert (c.num_hidden_layers, c.intermediate_size, c.num_attention_heads, c.num_key_value_heads) == (3, 40, 2, 1)
+    with torch.no_grad():
+        want = ref(torch.tensor(tokens)).logits.numpy()
+    got = model(jnp.asarray(tokens), sub=SubModel.of(depth=3, width=40, heads=2))
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+
+    with pytest.raises(ValueError, match="--layers 5 outside the allowed range 1..4"):
         export.main(["--workdir", str(tmp_path / "run"), "--method", "soft", "--layers", "5", "--out", str(out)])
     with pytest.raises(ValueError, match="'sft'.*methods with one: \\['soft'\\]"):
         export.main(["--workdir", str(tmp_path / "run"), "--method", "sft", "--layers", "2", "--out", str(out)])
