@@ -1,7 +1,7 @@
 """Device meshes from a ``--mesh`` spec, one logical-axis rules table, simulated CPU devices.
 
 Parameters carry *logical* axis names only (``("embed", "mlp")``); :data:`RULES` maps each
-name to a mesh axis. Everything else (``state_shardings``, ``batch_sharding``) is derived
+name to a mesh axis. Everything else (``state_shardings``, ``shard_batch``) is derived
 from that one table, so changing the parallelism layout is a one-line edit here.
 
 Mesh spec grammar (the ``--mesh`` flag of every experiment):
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 
 import jax
@@ -155,6 +156,9 @@ def logical_to_spec(
         if shape is not None and mesh is not None and axes_t:
             size = math.prod(mesh.shape[a] for a in axes_t)
             if shape[i] % size:
+                warnings.warn(f"dimension {i} ({name!r}, size {shape[i]}) of an array of shape {tuple(shape)} is not "
+                              f"divisible by mesh axes {axes_t} (size {size}): replicated instead of sharded",
+                              stacklevel=2)
                 axes_t = ()
         used.update(axes_t)
         out.append(None if not axes_t else axes_t[0] if len(axes_t) == 1 else axes_t)
@@ -182,11 +186,6 @@ def state_shardings(state, mesh: Mesh):
         return NamedSharding(mesh, PartitionSpec())
 
     return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
-
-
-def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
-    """Shard the leading (batch) dimension over the data-parallel axes."""
-    return NamedSharding(mesh, logical_to_spec(("batch",) + (None,) * (ndim - 1), None, mesh))
 
 
 def shard_batch(batch, mesh: Mesh | None):

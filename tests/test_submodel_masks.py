@@ -74,3 +74,13 @@ def test_sizes_outside_the_model_raise():
     with pytest.raises(ValueError, match="support sizes must be >= 1"):
         Dim(support=(0, 2))
     Pool({"width": Dim.range(1, 32), "depth": Dim.range(1, 4)}, limits=limits)  # fits: no error
+
+
+def test_mesh_fallback_to_replication_warns():
+    from sortedjax import sharding
+
+    mesh = sharding.make_mesh("data:2,fsdp:4")
+    with pytest.warns(UserWarning, match=r"dimension 0 \('embed', size 6\).*not divisible by mesh axes \('fsdp',\)"):
+        spec = sharding.logical_to_spec(("embed", "mlp"), (6, 8), mesh)
+    assert spec == jax.sharding.PartitionSpec(None, None)
+    assert sharding.logical_to_spec(("embed", "mlp"), (8, 8), mesh) == jax.sharding.PartitionSpec("fsdp", None)
