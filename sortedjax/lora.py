@@ -1,126 +1,299 @@
-"""DyLoRA: LoRA whose rank ``b`` is chosen per step and can be truncated after training.
+"""DyLoRA on any model built from :class:`sortedjax.nn.Linear`: apply by target_modules, merge, PEFT files.
 
-For a frozen base weight ``W`` (``in x out``), ``W_dw`` (``r_max x in``, random init) and
-``W_up`` (``out x r_max``, zeros):
+For a base weight ``W`` (``in x out``, the kernel flattened over its input and output axes),
+``W_dw`` (``r_max x in``, PEFT ``lora_A``: kaiming-uniform) and ``W_up`` (``out x r_max``,
+PEFT ``lora_B``: zeros), a :class:`LoRA` adapter attached at ``linear.lora`` adds, at rank ``b``,
 
-    y = x W + bias + (alpha / b) * ((x W_dw[:b]^T) W_up[:, :b]^T)
+    y = x W + bias + (alpha / b) * (x W_dw[:b]^T) W_up[:, :b]^T
 
-implemented with a static-shape rank mask ``arange(r_max) < b`` (``b`` may be traced), so one
-compiled step trains every rank. In *frozen* mode only row ``b-1`` of ``W_dw`` and column
-``b-1`` of ``W_up`` (the ``b``-th rank) receive gradient; :func:`keep_only_rank` also restores
-the other rows after the optimizer update, so momentum cannot move them either.
-After training the adapter works at any rank ``1..r_max`` and merges into ``W`` at a chosen rank.
+through a static-shape mask ``arange(r_max) < b``; ``b`` may be traced, so one compiled step
+trains every rank. Models pass ``rank=sub.rank`` down to their Linears, so
+``model(tokens, sub=SubModel.of(rank=b))`` runs rank ``b`` (``None``: ``r_max``).
+
+* :func:`apply_dylora` adds adapters in place, PEFT style (``target_modules`` names, suffixes
+  or one regex). Linears inside a :class:`~sortedjax.nn.LayerStack` get stacked adapters (a
+  leading ``"layers"`` axis, different random init per layer). Adapter weights are
+  :class:`LoRAParam`, so ``train(..., trainable=LoRAParam)`` trains them only.
+* Frozen mode (DyLoRA paper, Valipour et al.): only row / column ``b-1`` (the ``b``-th rank)
+  gets gradient; :func:`frozen_post_update` also keeps every other rank's entries after the
+  optimizer update, so Adam momentum cannot move them either.
+* Dropout on the adapter input (PEFT ``lora_dropout``) draws from a per-adapter RNG stream
+  ``"lora_dropout"``; ``model.eval()`` / ``model.train()`` switch it off / on. Inside a jitted
+  step call :func:`reseed` with the step key first (a pure step does not carry RNG counts over).
+* :func:`merge` returns a plain model (no adapters) equal to the adapted one at rank ``b``;
+  :func:`sortedjax.lora_files.save_adapter` / ``load_adapter`` read and write PEFT ``adapter_config.json`` +
+  ``adapter_model.safetensors`` (Hugging Face LLaMA module names for :class:`~sortedjax.models.llama.Llama`).
 """
 
 from __future__ import annotations
 
+import math
+import re
+from collections.abc import Callable, Sequence
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
+from jax import lax
 
-from sortedjax import masks
+from sortedjax.masks import prefix_mask
+from sortedjax.nn import Linear
+from sortedjax.submodel import Dim
 
-
-class Frozen(nnx.Variable):
-    """A weight that is never trained (the LoRA base)."""
-
-
-class LoRADown(nnx.Param):
-    """``W_dw``: r_max x in."""
+DROPOUT_STREAM = "lora_dropout"
 
 
-class LoRAUp(nnx.Param):
-    """``W_up``: out x r_max."""
+class LoRAParam(nnx.Param):
+    """A DyLoRA adapter weight (``train(..., trainable=LoRAParam)`` trains only these)."""
+
+
+class LoRADown(LoRAParam):
+    """``W_dw``: ``... x r_max x in`` (PEFT ``lora_A``)."""
+
+
+class LoRAUp(LoRAParam):
+    """``W_up``: ``... x out x r_max`` (PEFT ``lora_B``)."""
 
 
 def check_rank(rank, r_max: int) -> None:
+    """Raise for a concrete rank outside ``1..r_max`` (traced ranks pass)."""
     if rank is None or isinstance(rank, jax.core.Tracer):
         return
+    if np.ndim(rank) != 0:
+        raise ValueError(f"rank must be a scalar, got shape {np.shape(rank)}")
     if not 1 <= int(rank) <= r_max:
         raise ValueError(f"rank {int(rank)} outside the allowed range 1..{r_max}")
 
 
-class DyLoRALinear(nnx.Module):
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        *,
-        r_max: int,
-        alpha: float,
-        frozen: bool = False,
-        use_bias: bool = True,
-        kernel: jax.Array | None = None,
-        bias: jax.Array | None = None,
-        rngs: nnx.Rngs,
-    ):
-        if r_max < 1:
-            raise ValueError(f"r_max must be >= 1, got {r_max}")
-        self.in_features, self.out_features, self.r_max = in_features, out_features, r_max
-        self.alpha, self.frozen = float(alpha), frozen
-        if kernel is None:
-            kernel = jax.random.normal(rngs.params(), (in_features, out_features)) / jnp.sqrt(in_features)
-        if kernel.shape != (in_features, out_features):
-            raise ValueError(f"kernel shape {kernel.shape} != ({in_features}, {out_features})")
-        meta = dict(eager_sharding=False)
-        self.kernel = Frozen(jnp.asarray(kernel), out_sharding=("embed", "mlp"), **meta)
-        self.bias = (
-            Frozen(jnp.zeros((out_features,)) if bias is None else jnp.asarray(bias), out_sharding=("mlp",), **meta)
-            if use_bias
-            else None
-        )
-        self.lora_down = LoRADown(
-            jax.random.normal(rngs.params(), (r_max, in_features)) / jnp.sqrt(in_features),
-            out_sharding=("rank", "embed"),
-            **meta,
-        )
-        self.lora_up = LoRAUp(jnp.zeros((out_features, r_max)), out_sharding=("mlp", "rank"), **meta)
+def _kaiming_uniform(key, shape, fan_in: int):
+    """PEFT's ``lora_A`` init (``kaiming_uniform_(a=sqrt(5))``): ``U(-1/sqrt(in), 1/sqrt(in))``."""
+    bound = 1.0 / math.sqrt(fan_in)
+    return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
 
-    def _factors(self, rank):
-        down, up = self.lora_down[...], self.lora_up[...]
-        if self.frozen and rank is not None:
-            idx = jnp.arange(self.r_max)
-            b = jnp.asarray(rank, jnp.int32) - 1
-            down = jnp.where((idx == b)[:, None], down, jax.lax.stop_gradient(down))
-            up = jnp.where((idx == b)[None, :], up, jax.lax.stop_gradient(up))
+
+class LoRA(nnx.Module):
+    """The DyLoRA adapter of one (possibly stacked) Linear: ``down`` / ``up`` over flattened in / out.
+
+    ``batch_shape`` / ``batch_names``: leading stacked axes (a LayerStack's ``"layers"``); the
+    adapter is then called on one slice at a time, as the layer it belongs to.
+    """
+
+    def __init__(self, in_features: int, out_features: int, *, r: int, alpha: float, r_min: int = 1,
+                 frozen: bool = False, dropout: float = 0.0, batch_shape: Sequence[int] = (),
+                 batch_names: Sequence[str | None] = (), in_name: str | None = None, out_name: str | None = None,
+                 rngs: nnx.Rngs):
+        if r < 1:
+            raise ValueError(f"LoRA r must be >= 1, got {r}")
+        if not 1 <= r_min <= r:
+            raise ValueError(f"LoRA r_min must be in 1..r={r}, got {r_min}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"LoRA dropout must be in [0, 1), got {dropout}")
+        batch_shape, batch_names = tuple(int(d) for d in batch_shape), tuple(batch_names)
+        if len(batch_names) != len(batch_shape):
+            raise ValueError(f"batch_names {batch_names} do not match batch_shape {batch_shape}")
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.r_max, self.r_min, self.alpha = int(r), int(r_min), float(alpha)
+        self.frozen, self.dropout, self.deterministic = bool(frozen), float(dropout), False
+        self.batch_shape = batch_shape
+        meta = dict(eager_sharding=False)
+        self.down = LoRADown(_kaiming_uniform(rngs.params(), batch_shape + (r, in_features), in_features),
+                             out_sharding=batch_names + ("rank", in_name), **meta)
+        self.up = LoRAUp(jnp.zeros(batch_shape + (out_features, r), jnp.float32),
+                         out_sharding=batch_names + (out_name, "rank"), **meta)
+        key = rngs.params()
+        self.rng = nnx.RngStream(jax.random.split(key, batch_shape) if batch_shape else key,
+                                 tag=DROPOUT_STREAM) if dropout > 0 else None
+
+    def rank_or_max(self, rank):
+        check_rank(rank, self.r_max)
+        return self.r_max if rank is None else rank
+
+    def _factors(self, b):
+        down, up = self.down[...], self.up[...]
+        if self.frozen:  # only the b-th rank (row b-1 of down, column b-1 of up) gets gradient
+            hot = jnp.arange(self.r_max) == jnp.asarray(b, jnp.int32) - 1
+            down = jnp.where(hot[:, None], down, lax.stop_gradient(down))
+            up = jnp.where(hot[None, :], up, lax.stop_gradient(up))
         return down, up
 
-    def __call__(self, x: jax.Array, rank=None) -> jax.Array:
-        """Output with the adapter truncated to ``rank`` (None = r_max)."""
-        check_rank(rank, self.r_max)
-        b = self.r_max if rank is None else rank
-        down, up = self._factors(rank)
-        mask = masks.rank_mask(self.r_max, b, x.dtype)
-        scale = self.alpha / jnp.asarray(b, x.dtype)
-        y = x @ self.kernel[...]
-        if self.bias is not None:
-            y = y + self.bias[...]
-        return y + scale * (((x @ down.T) * mask) @ up.T)
+    def __call__(self, x_flat, rank=None):
+        """``x_flat``: ``... x in`` -> the adapter's ``... x out`` at ``rank`` (None: ``r_max``)."""
+        b = self.rank_or_max(rank)
+        down, up = self._factors(b)
+        if self.rng is not None and not self.deterministic:
+            keep = jax.random.bernoulli(self.rng(), 1.0 - self.dropout, x_flat.shape)
+            x_flat = jnp.where(keep, x_flat / (1.0 - self.dropout), jnp.zeros_like(x_flat))
+        h = jnp.einsum("...i,ri->...r", x_flat, down.astype(x_flat.dtype)) * prefix_mask(self.r_max, b, x_flat.dtype)
+        scale = self.alpha / jnp.asarray(b, x_flat.dtype)
+        return scale * jnp.einsum("...r,or->...o", h, up.astype(x_flat.dtype))
 
-    def merged_kernel(self, rank=None) -> jax.Array:
-        """``W + alpha/b * (W_up[:, :b] W_dw[:b])^T``: a plain kernel equal to the adapter at ``rank``."""
-        check_rank(rank, self.r_max)
-        b = self.r_max if rank is None else rank
-        mask = masks.rank_mask(self.r_max, b, self.lora_down.dtype)
-        delta = (self.lora_up[...] * mask[None, :]) @ self.lora_down[...]
-        return self.kernel[...] + (self.alpha / jnp.asarray(b, delta.dtype)) * delta.T
+    def delta(self, rank=None) -> jax.Array:
+        """``alpha/b * (W_up[:, :b] W_dw[:b])^T``: ``batch_shape x in x out`` (float32)."""
+        b = self.rank_or_max(rank)
+        up = self.up[...] * prefix_mask(self.r_max, b, jnp.float32)
+        return (self.alpha / jnp.asarray(b, jnp.float32)) * jnp.einsum("...or,...ri->...io", up, self.down[...])
 
 
+# -- finding and adapting modules ----------------------------------------------------------------
+def _dotted(path) -> str:
+    return ".".join(str(p) for p in path)
+
+
+def linear_paths(model: nnx.Module) -> dict[str, Linear]:
+    """Every :class:`~sortedjax.nn.Linear` of ``model`` by dotted path (``"layers.layers.attn.q"``)."""
+    return {_dotted(p): m for p, m in nnx.iter_modules(model) if isinstance(m, Linear)}
+
+
+def adapters(model: nnx.Module) -> dict[str, LoRA]:
+    """The adapters of ``model`` by the dotted path of their Linear."""
+    return {k: m.lora for k, m in linear_paths(model).items() if m.lora is not None}
+
+
+def _matches(target: str, path: str) -> bool:
+    return path == target or path.endswith("." + target)
+
+
+def select(model: nnx.Module, target_modules: str | Sequence[str]) -> list[str]:
+    """Dotted paths of the Linears ``target_modules`` picks, PEFT style.
+
+    A list / tuple: names or dotted suffixes (``"q"``, ``"attn.q"``, ``"layers.layers.attn.q"``);
+    every entry must match at least one Linear. A single string: a regex that must
+    ``re.fullmatch`` the whole path. Raises ``ValueError`` listing the Linears that exist.
+    """
+    paths = sorted(linear_paths(model))
+    if isinstance(target_modules, str):
+        chosen = [p for p in paths if re.fullmatch(target_modules, p)]
+        if not chosen:
+            raise ValueError(f"target_modules regex {target_modules!r} matches no Linear module; "
+                             f"Linear modules: {paths}")
+        return chosen
+    targets = list(target_modules)
+    if not targets:
+        raise ValueError(f"target_modules is empty; Linear modules: {paths}")
+    unknown = [t for t in targets if not any(_matches(t, p) for p in paths)]
+    if unknown:
+        raise ValueError(f"target_modules {unknown} match no Linear module; Linear modules: {paths}")
+    return [p for p in paths if any(_matches(t, p) for t in targets)]
+
+
+def _adapter_for(linear: Linear, *, r, alpha, r_min, frozen, dropout, rngs) -> LoRA:
+    kernel = linear.kernel
+    n_in, n_out = len(linear.in_shape), len(linear.out_shape)
+    lead = kernel.ndim - n_in - n_out
+    names = tuple(kernel.get_metadata().get("out_sharding") or (None,) * kernel.ndim)
+    return LoRA(math.prod(linear.in_shape), math.prod(linear.out_shape), r=r, alpha=alpha, r_min=r_min,
+                frozen=frozen, dropout=dropout, batch_shape=kernel.shape[:lead], batch_names=names[:lead],
+                in_name=names[lead], out_name=names[lead + n_in], rngs=rngs)
+
+
+def apply_dylora(model: nnx.Module, target_modules: str | Sequence[str] = ("q", "v"), *, r: int = 8,
+                 alpha: float = 16.0, r_min: int = 1, frozen: bool = False, dropout: float = 0.0,
+                 seed: int = 0) -> list[str]:
+    """Attach a DyLoRA adapter to every Linear ``target_modules`` selects (see :func:`select`).
+
+    Modifies ``model`` in place and returns the adapted paths. The default targets are PEFT's
+    LLaMA default (``q_proj``, ``v_proj``). ``r``: ``r_max``; ``r_min``: the smallest rank the
+    samplers draw (:func:`rank_dim`); ``frozen``: DyLoRA frozen mode; ``dropout``: on the adapter
+    input; ``seed``: the adapters' random init (``W_dw``) and dropout streams.
+
+    A Linear runs its adapter at the ``rank`` its model passes down; one called without a rank
+    (e.g. LLaMA's ``lm_head``, every Linear of ``SortedMLP``) runs it at ``r_max``.
+    """
+    chosen = select(model, target_modules)
+    linears = linear_paths(model)
+    done = [p for p in chosen if linears[p].lora is not None]
+    if done:
+        raise ValueError(f"Linear modules {done} already have a LoRA adapter")
+    rngs = nnx.Rngs(seed)
+    for p in chosen:
+        linears[p].lora = nnx.data(_adapter_for(linears[p], r=r, alpha=alpha, r_min=r_min, frozen=frozen,
+                                                dropout=dropout, rngs=rngs))
+    return chosen
+
+
+def _only_adapters(model) -> list[LoRA]:
+    found = list(adapters(model).values())
+    if not found:
+        raise ValueError("model has no LoRA adapters; call sortedjax.lora.apply_dylora first")
+    return found
+
+
+def rank_range(model: nnx.Module) -> tuple[int, int]:
+    """``(r_min, r_max)`` shared by every adapter of ``model``."""
+    ranges = {(a.r_min, a.r_max) for a in _only_adapters(model)}
+    if len(ranges) != 1:
+        raise ValueError(f"adapters disagree on (r_min, r_max): {sorted(ranges)}")
+    return ranges.pop()
+
+
+def rank_dim(model: nnx.Module, distribution: str = "uniform", p: float | None = 0.15) -> Dim:
+    """The ``rank`` dimension of a :class:`~sortedjax.submodel.Pool`: ``r_min..r_max``.
+
+    ``distribution="uniform"`` is the DyLoRA paper's sampler; ``"geometric"`` (parameter ``p``)
+    favours small ranks.
+    """
+    lo, hi = rank_range(model)
+    return Dim.range(lo, hi, distribution=distribution, p=p if distribution == "geometric" else None)
+
+
+def reseed(model: nnx.Module, key) -> None:
+    """Fresh adapter dropout masks from ``key`` (call at the start of a ``loss_fn``: a pure train
+    step does not carry the RNG counters from one step to the next). Stacked adapters get
+    one split key per layer."""
+    nnx.reseed(model, policy="match_shape", **{DROPOUT_STREAM: key})
+
+
+# -- merging -------------------------------------------------------------------------------------
+def merge(model: nnx.Module, rank: int | None = None) -> nnx.Module:
+    """A new plain model (no adapters) whose Linears hold ``W + alpha/b (W_up[:, :b] W_dw[:b])^T``.
+
+    Its outputs equal the adapted model's at rank ``b`` (``None``: ``r_max``); ``model`` is unchanged.
+    """
+    if isinstance(rank, jax.core.Tracer):
+        raise ValueError("merge needs a concrete rank (an int), not a traced value")
+    out = nnx.clone(model)
+    for linear in linear_paths(out).values():
+        if linear.lora is None:
+            continue
+        k = linear.kernel
+        delta = linear.lora.delta(rank).reshape(k.shape)
+        k[...] = (k[...].astype(jnp.float32) + delta).astype(k.dtype)
+        linear.lora = nnx.static(None)
+    return out
+
+
+# -- frozen mode across optimizer momentum -------------------------------------------------------
 def keep_only_rank(old_params, new_params, rank):
-    """Frozen mode: take the update of rank ``rank`` only; every other LoRA row/column keeps its old value.
+    """Frozen mode: adapters take the update of rank ``rank`` only (row ``rank-1`` of ``down``,
+    column ``rank-1`` of ``up``); every other adapter entry keeps its old value, bit for bit.
 
-    Works on any nnx State / pytree containing :class:`LoRADown` / :class:`LoRAUp` variables;
-    other parameters take their new values.
+    Works on nnx States / pytrees holding :class:`LoRADown` / :class:`LoRAUp` variables, stacked
+    or not (``rank`` may be traced). Every other parameter takes its new value.
     """
 
     def pick(old, new):
         if isinstance(new, LoRADown):
-            keep = (jnp.arange(new.shape[0]) == jnp.asarray(rank) - 1)[:, None]
+            keep = (jnp.arange(new.shape[-2]) == jnp.asarray(rank) - 1)[:, None]
         elif isinstance(new, LoRAUp):
-            keep = (jnp.arange(new.shape[1]) == jnp.asarray(rank) - 1)[None, :]
+            keep = (jnp.arange(new.shape[-1]) == jnp.asarray(rank) - 1)[None, :]
         else:
             return new
         return new.replace(jnp.where(keep, new[...], old[...]))
 
     is_var = lambda x: isinstance(x, nnx.Variable)  # noqa: E731
     return jax.tree.map(pick, old_params, new_params, is_leaf=is_var)
+
+
+def frozen_post_update(rank_of_key: Callable[[jax.Array], jax.Array]):
+    """``train(..., post_update=frozen_post_update(rank_of_key))`` for DyLoRA frozen mode.
+
+    Contract: ``rank_of_key(key)`` must return the very rank the ``loss_fn`` used with the step
+    key ``key``, e.g. both ``pool.sample(key).rank`` for the same ``pool``. The loss must draw
+    its rank from the step key itself, so use ``grad_accum=1`` (micro-batches get split keys).
+    """
+
+    def post_update(old_params, new_params, key):
+        return keep_only_rank(old_params, new_params, rank_of_key(key))
+
+    return post_update

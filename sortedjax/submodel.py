@@ -53,7 +53,9 @@ class SubModel:
 
 def check_sizes(sub: SubModel | Mapping[str, int] | None, limits: Mapping[str, int]) -> None:
     """Raise ``ValueError`` for a concrete size outside ``1..limits[dim]`` or a dimension the
-    model does not have. Traced sizes pass (they are checked where they are drawn: :class:`Pool`)."""
+    model does not have. Traced sizes pass (they are checked where they are drawn: :class:`Pool`).
+    ``rank`` is checked by the DyLoRA adapters themselves (against their ``r_max``) unless the
+    limits name it."""
     if sub is None:
         return
     sizes = sub.items() if isinstance(sub, Mapping) else ((d, getattr(sub, d)) for d in DIMS)
@@ -61,6 +63,8 @@ def check_sizes(sub: SubModel | Mapping[str, int] | None, limits: Mapping[str, i
         if v is None or isinstance(v, jax.core.Tracer):
             continue
         if name not in limits:
+            if name == "rank":
+                continue
             raise ValueError(f"this model has no sub-model dimension {name!r}; it has {tuple(limits)}")
         if np.ndim(v) == 0:
             lo, hi = int(v), int(v)

@@ -175,7 +175,7 @@ def make_train_step(graphdef, loss_fn: LossFn, tx: optax.GradientTransformation,
     """The pure step ``(params, opt_state, rest, batch, key) -> (params, opt_state, metrics)``."""
 
     def loss_of(params, rest, batch, key):
-        model = nnx.merge(graphdef, params, *rest)
+        model = nnx.merge(graphdef, params, *rest, copy=True)  # fresh Variables: the loss may update state
         loss, metrics = loss_fn(model, batch, key)
         return loss, {"loss": loss, **metrics}
 

@@ -53,8 +53,8 @@ class Block(nnx.Module):
         self.act = cfg.activation
         self.dense = _dense(cfg.hidden, cfg.hidden, ("embed", "mlp"), rngs)  # FSDP shards the input axis
 
-    def __call__(self, h, *, width=None, mask=None):
-        h = nn.ACTIVATIONS[self.act](self.dense(h, out_size=width))
+    def __call__(self, h, *, width=None, mask=None, rank=None):
+        h = nn.ACTIVATIONS[self.act](self.dense(h, out_size=width, rank=rank))
         return h if mask is None else h * mask
 
 
@@ -76,11 +76,11 @@ class SortedMLP(nnx.Module):
         check_sizes(sub, self.limits)
         act = nn.ACTIVATIONS[self.cfg.activation]
         mask = None if hidden_mask is None else jnp.asarray(hidden_mask, x_BxD.dtype)
-        h = act(self.inp(x_BxD, out_size=sub.width))
+        h = act(self.inp(x_BxD, out_size=sub.width, rank=sub.rank))
         h = h if mask is None else h * mask
         if self.blocks is not None:
-            h = self.blocks(h, depth=sub.depth, width=sub.width, mask=mask)
-        return self.out(h)
+            h = self.blocks(h, depth=sub.depth, width=sub.width, mask=mask, rank=sub.rank)
+        return self.out(h, rank=sub.rank)
 
     # -- extraction (sortedjax.extract) -------------------------------------------------------
     def sub_config(self, sizes) -> MLPConfig:
