@@ -30,10 +30,22 @@ from sortedjax import decoding  # noqa: E402
 from sortedjax.models import llama  # noqa: E402
 
 CONFIGS = {
-    "tiny": dict(vocab_size=512, hidden_size=128, intermediate_size=344, num_hidden_layers=4,
-                 num_attention_heads=4, num_key_value_heads=2),
-    "small": dict(vocab_size=2048, hidden_size=256, intermediate_size=688, num_hidden_layers=6,
-                  num_attention_heads=8, num_key_value_heads=4),
+    "tiny": dict(
+        vocab_size=512,
+        hidden_size=128,
+        intermediate_size=344,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    ),
+    "small": dict(
+        vocab_size=2048,
+        hidden_size=256,
+        intermediate_size=688,
+        num_hidden_layers=6,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+    ),
 }
 
 
@@ -65,23 +77,37 @@ def run(name, hf_kw, batch, prompt_len, new_tokens, repeats):
     gen = lambda: decoding.generate(model, tokens, max_new_tokens=new_tokens)  # noqa: E731
     ours_tokens = gen()
     mask = torch.ones_like(tt)
-    hf_gen = lambda: ref.generate(tt, attention_mask=mask, do_sample=False, max_new_tokens=new_tokens,  # noqa: E731
-                                  min_new_tokens=new_tokens, pad_token_id=0)
+    hf_gen = lambda: ref.generate(
+        tt,
+        attention_mask=mask,
+        do_sample=False,
+        max_new_tokens=new_tokens,  # noqa: E731
+        min_new_tokens=new_tokens,
+        pad_token_id=0,
+    )
     with torch.no_grad():
         theirs = hf_gen()[:, prompt_len:].numpy()
         ours_decode, torch_decode = best_of([gen, hf_gen], repeats)
-    r = dict(config=name, batch=batch, prompt_len=prompt_len, new_tokens=new_tokens,
-             prefill_tok_s_ours=batch * prompt_len / ours_prefill,
-             prefill_tok_s_torch=batch * prompt_len / torch_prefill,
-             decode_tok_s_ours=batch * new_tokens / ours_decode,
-             decode_tok_s_torch=batch * new_tokens / torch_decode,
-             greedy_tokens_equal=bool(np.array_equal(ours_tokens, theirs)))
+    r = dict(
+        config=name,
+        batch=batch,
+        prompt_len=prompt_len,
+        new_tokens=new_tokens,
+        prefill_tok_s_ours=batch * prompt_len / ours_prefill,
+        prefill_tok_s_torch=batch * prompt_len / torch_prefill,
+        decode_tok_s_ours=batch * new_tokens / ours_decode,
+        decode_tok_s_torch=batch * new_tokens / torch_decode,
+        greedy_tokens_equal=bool(np.array_equal(ours_tokens, theirs)),
+    )
     r["prefill_ratio"] = r["prefill_tok_s_ours"] / r["prefill_tok_s_torch"]
     r["decode_ratio"] = r["decode_tok_s_ours"] / r["decode_tok_s_torch"]
-    print(f"{name:6s} B={batch} P={prompt_len} new={new_tokens}: prefill {r['prefill_tok_s_ours']:9.0f} vs "
-          f"{r['prefill_tok_s_torch']:9.0f} tok/s (x{r['prefill_ratio']:.2f}); decode "
-          f"{r['decode_tok_s_ours']:7.0f} vs {r['decode_tok_s_torch']:7.0f} tok/s (x{r['decode_ratio']:.2f}); "
-          f"greedy equal: {r['greedy_tokens_equal']}", flush=True)
+    print(
+        f"{name:6s} B={batch} P={prompt_len} new={new_tokens}: prefill {r['prefill_tok_s_ours']:9.0f} vs "
+        f"{r['prefill_tok_s_torch']:9.0f} tok/s (x{r['prefill_ratio']:.2f}); decode "
+        f"{r['decode_tok_s_ours']:7.0f} vs {r['decode_tok_s_torch']:7.0f} tok/s (x{r['decode_ratio']:.2f}); "
+        f"greedy equal: {r['greedy_tokens_equal']}",
+        flush=True,
+    )
     return r
 
 
@@ -95,9 +121,14 @@ def main(argv=None):
     p.add_argument("--configs", default=",".join(CONFIGS))
     a = p.parse_args(argv)
     results = [run(n, CONFIGS[n], a.batch, a.prompt_len, a.new_tokens, a.repeats) for n in a.configs.split(",")]
-    meta = dict(device=str(jax.devices()[0]), jax=jax.__version__, torch=torch.__version__,
-                torch_threads=torch.get_num_threads(), cpu_count=os.cpu_count(),
-                load_average_1min=os.getloadavg()[0])
+    meta = dict(
+        device=str(jax.devices()[0]),
+        jax=jax.__version__,
+        torch=torch.__version__,
+        torch_threads=torch.get_num_threads(),
+        cpu_count=os.cpu_count(),
+        load_average_1min=os.getloadavg()[0],
+    )
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     print(f"wrote {a.out}")

@@ -44,8 +44,11 @@ def naive_soft_loss(exits):
     def loss_fn(model, batch, key):
         h = model.hidden_states(batch["inputs"], exits)
         logits = model.logits_from_hidden(h)  # E x B x L x V all alive
-        tot, cnt = soft.masked_xent(logits, jnp.broadcast_to(batch["targets"], logits.shape[:-1]),
-                                    jnp.broadcast_to(batch["mask"], logits.shape[:-1]))
+        tot, cnt = soft.masked_xent(
+            logits,
+            jnp.broadcast_to(batch["targets"], logits.shape[:-1]),
+            jnp.broadcast_to(batch["mask"], logits.shape[:-1]),
+        )
         return tot / cnt, {}
 
     return loss_fn
@@ -60,13 +63,24 @@ def main(argv=None):
     p.add_argument("--length", type=int, default=128)
     p.add_argument("--response-len", type=int, default=64, help="max response tokens (logit positions)")
     p.add_argument("--repeats", type=int, default=10)
-    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                                 os.path.splitext(os.path.basename(__file__))[0] + ".json"))
+    p.add_argument(
+        "--out",
+        default=os.path.join(
+            os.path.dirname(os.path.abspath(__file__)),
+            "results",
+            os.path.splitext(os.path.basename(__file__))[0] + ".json",
+        ),
+    )
     a = p.parse_args(argv)
 
-    cfg = llama.LlamaConfig(vocab_size=a.vocab, hidden_size=a.hidden, intermediate_size=a.hidden * 8 // 3 // 8 * 8,
-                            num_hidden_layers=a.layers, num_attention_heads=max(1, a.hidden // 32),
-                            max_position_embeddings=max(256, a.length))
+    cfg = llama.LlamaConfig(
+        vocab_size=a.vocab,
+        hidden_size=a.hidden,
+        intermediate_size=a.hidden * 8 // 3 // 8 * 8,
+        num_hidden_layers=a.layers,
+        num_attention_heads=max(1, a.hidden // 32),
+        max_position_embeddings=max(256, a.length),
+    )
     exits = soft.default_exits(a.layers)
     model = llama.Llama(cfg, rngs=nnx.Rngs(0))
     rng = np.random.default_rng(0)
@@ -75,8 +89,11 @@ def main(argv=None):
     for b in range(B):  # Alpaca-like: a prompt, then a response of R/2..R tokens
         r = int(rng.integers(R // 2, R + 1))
         mask[b, L - r - 4 : L - 4] = 1.0
-    batch = {"inputs": jnp.asarray(rng.integers(0, a.vocab, (B, L)), jnp.int32),
-             "targets": jnp.asarray(rng.integers(0, a.vocab, (B, L)), jnp.int32), "mask": jnp.asarray(mask)}
+    batch = {
+        "inputs": jnp.asarray(rng.integers(0, a.vocab, (B, L)), jnp.int32),
+        "targets": jnp.asarray(rng.integers(0, a.vocab, (B, L)), jnp.int32),
+        "mask": jnp.asarray(mask),
+    }
 
     tc = TrainConfig(workdir="/tmp/unused", steps=1, optimizer="adamw")
     tx = make_optimizer(tc)
@@ -96,7 +113,7 @@ def main(argv=None):
         mem[name] = int(c.memory_analysis().temp_size_in_bytes)
     key = jax.random.PRNGKey(0)
     times = {k: [] for k in compiled}
-    for k, c in compiled.items():  # warm up
+    for c in compiled.values():  # warm up
         jax.block_until_ready(c(params, opt, (rest,), batch, key))
     for _ in range(a.repeats):  # interleave so load changes hit every variant alike
         for k, c in compiled.items():
@@ -113,12 +130,16 @@ def main(argv=None):
         "temp_bytes": mem,
         "config": {**vars(a), "exits": list(exits), "backend": jax.default_backend(), "devices": jax.device_count()},
     }
-    print(f"exits {list(exits)} of {a.layers} layers, batch {B}x{L}, logits at <= {R} response positions, "
-          f"vocab {a.vocab}, hidden {a.hidden}, {jax.default_backend()}")
+    print(
+        f"exits {list(exits)} of {a.layers} layers, batch {B}x{L}, logits at <= {R} response positions, "
+        f"vocab {a.vocab}, hidden {a.hidden}, {jax.default_backend()}"
+    )
     for k in compiled:
         print(f"  {k:10s} {med[k] * 1e3:8.1f} ms/step   temp {mem[k] / 2**20:8.2f} MiB")
-    print(f"SoFT / SFT: time {res['time_ratio']:.3f}x, memory {res['memory_ratio']:.3f}x "
-          f"(naive all-logits SoFT: time {res['naive_time_ratio']:.3f}x, memory {res['naive_memory_ratio']:.3f}x)")
+    print(
+        f"SoFT / SFT: time {res['time_ratio']:.3f}x, memory {res['memory_ratio']:.3f}x "
+        f"(naive all-logits SoFT: time {res['naive_time_ratio']:.3f}x, memory {res['naive_memory_ratio']:.3f}x)"
+    )
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(a.out, "w") as f:
         json.dump(res, f, indent=2)

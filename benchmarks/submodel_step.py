@@ -1,6 +1,6 @@
-"""What does many-in-one training cost per step? (issue 2 benchmark)
+"""What does many-in-one training cost per step, on the ``sortedjax.nn`` layers?
 
-In one run, on the same MLP and batch:
+In one run, on the same MLP (``SortedMLP``: ``nn.Linear`` layers, ``nn.LayerStack`` blocks) and batch:
 
 * ``sorted_over_plain``: step time of the SortedNet step (width and depth sub-model sampled
   inside jit, iota masks, ``lax.cond`` depth gating) over a plain dense step of the full model;
@@ -37,13 +37,14 @@ from sortedjax.train import make_train_step
 
 def plain_forward(params, x):
     """The same network without masks or gating (what ordinary training runs)."""
-    h = jax.nn.relu(x @ params["w_in"] + params["b_in"])
+    h = jax.nn.relu(x @ params["inp"]["kernel"] + params["inp"]["bias"])
+    blocks = params["blocks"]["layers"]["dense"]
 
     def block(h, wb):
         return jax.nn.relu(h @ wb[0] + wb[1]), None
 
-    h, _ = jax.lax.scan(block, h, (params["w_blocks"], params["b_blocks"]))
-    return h @ params["w_out"] + params["b_out"]
+    h, _ = jax.lax.scan(block, h, (blocks["kernel"], blocks["bias"]))
+    return h @ params["out"]["kernel"] + params["out"]["bias"]
 
 
 def xent(logits, y):
@@ -64,8 +65,10 @@ def main(argv=None):
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     tx = optax.adam(1e-3)
     rng = np.random.default_rng(0)
-    batch = {"x": jnp.asarray(rng.normal(size=(a.batch, 64)), jnp.float32),
-             "y": jnp.asarray(rng.integers(0, 10, a.batch), jnp.int32)}
+    batch = {
+        "x": jnp.asarray(rng.normal(size=(a.batch, 64)), jnp.float32),
+        "y": jnp.asarray(rng.integers(0, 10, a.batch), jnp.int32),
+    }
 
     widths = Dim(support=tuple(range(a.hidden // 8, a.hidden + 1, a.hidden // 8)))
     pools = {
@@ -83,7 +86,7 @@ def main(argv=None):
 
     steps = {name: jax.jit(make_train_step(graphdef, loss_for(pool), tx)) for name, pool in pools.items()}
 
-    plain_params = {k: v for k, v in nnx.to_pure_dict(params).items()}
+    plain_params = nnx.to_pure_dict(params)
 
     @jax.jit
     def plain_step(pp, opt, b, key):
@@ -123,13 +126,15 @@ def main(argv=None):
         "distinct_submodels_seen": a.rounds + 2,
         "median_step_seconds": med,
         "mean_step_seconds": mean,
-        "config": vars(a) | {"backend": jax.default_backend(), "devices": jax.device_count(),
-                             "machine": platform.machine()},
+        "config": vars(a)
+        | {"backend": jax.default_backend(), "devices": jax.device_count(), "machine": platform.machine()},
     }
     print(f"sorted step / plain step (median):       {result['sorted_over_plain']:.3f}x")
     print(f"masked full model / plain step (median): {result['masked_full_over_plain']:.3f}x (mask + gating overhead)")
-    print(f"uniform depth / full depth (mean):       {result['uniform_depth_over_full_depth']:.3f}x "
-          f"(ideal {result['ideal_uniform_depth_over_full_depth']:.3f}x)")
+    print(
+        f"uniform depth / full depth (mean):       {result['uniform_depth_over_full_depth']:.3f}x "
+        f"(ideal {result['ideal_uniform_depth_over_full_depth']:.3f}x)"
+    )
     print(f"compilations of the sorted step:         {result['sorted_step_compilations']}")
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(a.out, "w") as f:

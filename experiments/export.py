@@ -29,14 +29,23 @@ from experiments import flags
 class ExportConfig:
     workdir: str = flags.option("runs/soft", help="the workdir of a finished `python -m experiments.soft` run")
     method: str = flags.option(
-        "soft", help="the phase whose trained model to cut: soft, sft or extracted_N (a sub-directory "
-        "WORKDIR/METHOD/hf holding a Hugging Face checkpoint)")
-    layers: int | None = flags.option(None, help="keep the first LAYERS layers (the exit at that layer) plus the "
-                                                "shared head; 1..the model's depth (none: all)")
-    width: int | None = flags.option(None, help="keep the first WIDTH MLP intermediate neurons of every layer; "
-                                                "1..intermediate_size (none: all)")
-    heads: int | None = flags.option(None, help="keep the first HEADS attention heads of every layer; a multiple of "
-                                                "num_attention_heads / num_key_value_heads (none: all)")
+        "soft",
+        help="the phase whose trained model to cut: soft, sft or extracted_N (a sub-directory "
+        "WORKDIR/METHOD/hf holding a Hugging Face checkpoint)",
+    )
+    layers: int | None = flags.option(
+        None,
+        help="keep the first LAYERS layers (the exit at that layer) plus the "
+        "shared head; 1..the model's depth (none: all)",
+    )
+    width: int | None = flags.option(
+        None, help="keep the first WIDTH MLP intermediate neurons of every layer; 1..intermediate_size (none: all)"
+    )
+    heads: int | None = flags.option(
+        None,
+        help="keep the first HEADS attention heads of every layer; a multiple of "
+        "num_attention_heads / num_key_value_heads (none: all)",
+    )
     out: str = flags.option(help="directory to write the standalone Hugging Face checkpoint and tokenizer to")
 
     def __post_init__(self):
@@ -58,10 +67,17 @@ def export(cfg: ExportConfig) -> str:
     from sortedjax.submodel import SubModel
 
     if not os.path.exists(os.path.join(cfg.source, "config.json")):
-        have = sorted(m for m in os.listdir(cfg.workdir) if os.path.exists(os.path.join(cfg.workdir, m, "hf", "config.json"))) \
-            if os.path.isdir(cfg.workdir) else []
-        raise ValueError(f"no trained model for method {cfg.method!r} at {cfg.source}; methods with one: {have} "
-                         f"(run python -m experiments.soft --workdir {cfg.workdir} first)")
+        have = (
+            sorted(
+                m for m in os.listdir(cfg.workdir) if os.path.exists(os.path.join(cfg.workdir, m, "hf", "config.json"))
+            )
+            if os.path.isdir(cfg.workdir)
+            else []
+        )
+        raise ValueError(
+            f"no trained model for method {cfg.method!r} at {cfg.source}; methods with one: {have} "
+            f"(run python -m experiments.soft --workdir {cfg.workdir} first)"
+        )
     model = llama.from_pretrained(cfg.source)
     sub = SubModel.of(depth=cfg.layers, width=cfg.width, heads=cfg.heads)
     try:

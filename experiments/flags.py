@@ -44,8 +44,9 @@ from typing import Any
 _NONE_WORDS = ("none", "null")
 
 
-def option(default: Any = dataclasses.MISSING, *, help: str, choices: Sequence[Any] | None = None,
-           metavar: str | None = None) -> Any:
+def option(
+    default: Any = dataclasses.MISSING, *, help: str, choices: Sequence[Any] | None = None, metavar: str | None = None
+) -> Any:
     """``dataclasses.field`` with the flag's help text (and allowed values) as metadata."""
     meta: dict[str, Any] = {"help": help}
     if choices is not None:
@@ -76,8 +77,9 @@ def _named(fn: Callable[[str], Any], name: str) -> Callable[[str], Any]:
 
 def _scalar(tp, name: str) -> Callable[[str], Any]:
     if tp not in (int, float, str):
-        raise TypeError(f"field {name!r}: unsupported flag type {tp!r} (int, float, str, bool, X | None, "
-                        "tuple[int|float|str, ...])")
+        raise TypeError(
+            f"field {name!r}: unsupported flag type {tp!r} (int, float, str, bool, X | None, tuple[int|float|str, ...])"
+        )
     return tp
 
 
@@ -88,13 +90,15 @@ def _tuple_type(elem: Callable[[str], Any], choices: tuple | None) -> Callable[[
             values = tuple(elem(s) for s in items)
         except ValueError:
             raise argparse.ArgumentTypeError(
-                f"expected a comma-separated list of {elem.__name__}, got {text!r}") from None
+                f"expected a comma-separated list of {elem.__name__}, got {text!r}"
+            ) from None
         if choices is not None:
             bad = [v for v in values if v not in choices]
             if bad:
                 raise argparse.ArgumentTypeError(
                     f"invalid value(s) {', '.join(map(repr, bad))} (each must be one of "
-                    f"{', '.join(map(repr, choices))})")
+                    f"{', '.join(map(repr, choices))})"
+                )
         return values
 
     return _named(parse, f"{elem.__name__} list")
@@ -110,8 +114,14 @@ def _show(value: Any) -> str:
     return str(value)
 
 
-def parser_for(config_cls: type, description: str | None = None, *, defaults: Mapping[str, Any] | None = None,
-               parser: argparse.ArgumentParser | None = None, **parser_kw: Any) -> argparse.ArgumentParser:
+def parser_for(
+    config_cls: type,
+    description: str | None = None,
+    *,
+    defaults: Mapping[str, Any] | None = None,
+    parser: argparse.ArgumentParser | None = None,
+    **parser_kw: Any,
+) -> argparse.ArgumentParser:
     """An ``ArgumentParser`` with one flag per field of ``config_cls``.
 
     ``description``: the experiment's docstring (its first paragraph is the summary; the rest
@@ -137,8 +147,10 @@ def parser_for(config_cls: type, description: str | None = None, *, defaults: Ma
             continue
         help_text = f.metadata.get("help")
         if not help_text or not str(help_text).strip():
-            raise ValueError(f"{config_cls.__name__}.{f.name} has no help text: declare it with "
-                             f"flags.option(..., help=...) or field(metadata={{'help': ...}})")
+            raise ValueError(
+                f"{config_cls.__name__}.{f.name} has no help text: declare it with "
+                f"flags.option(..., help=...) or field(metadata={{'help': ...}})"
+            )
         flag = flag_name(f.name)
         choices = f.metadata.get("choices")
         choices = tuple(choices) if choices is not None else None
@@ -176,8 +188,10 @@ def parser_for(config_cls: type, description: str | None = None, *, defaults: Ma
         if tp is not bool:
             if optional:
                 base = convert
-                convert = _named(lambda s, base=base: None if s.strip().lower() in _NONE_WORDS else base(s),
-                                 getattr(base, "__name__", "value"))
+                convert = _named(
+                    lambda s, base=base: None if s.strip().lower() in _NONE_WORDS else base(s),
+                    getattr(base, "__name__", "value"),
+                )
                 if default is not None and not required:
                     shown.append("or 'none'")
             kw["type"] = convert
@@ -211,8 +225,7 @@ def _flags_named(config_cls: type, message: str) -> list[str]:
     return [flag for _, flag in sorted(found)]
 
 
-def config_from(parser: argparse.ArgumentParser, config_cls: type, namespace: argparse.Namespace,
-                **overrides: Any):
+def config_from(parser: argparse.ArgumentParser, config_cls: type, namespace: argparse.Namespace, **overrides: Any):
     """``config_cls`` from the parsed flags; a ``ValueError`` from its validation becomes
     ``parser.error`` (exit status 2) naming the flags concerned."""
     names = [f.name for f in dataclasses.fields(config_cls) if f.init]
@@ -226,8 +239,14 @@ def config_from(parser: argparse.ArgumentParser, config_cls: type, namespace: ar
         parser.error(f"{prefix}{e}")
 
 
-def parse(config_cls: type, argv: Sequence[str] | None = None, description: str | None = None, *,
-          defaults: Mapping[str, Any] | None = None, **parser_kw: Any):
+def parse(
+    config_cls: type,
+    argv: Sequence[str] | None = None,
+    description: str | None = None,
+    *,
+    defaults: Mapping[str, Any] | None = None,
+    **parser_kw: Any,
+):
     """Parse ``argv`` (``sys.argv[1:]`` when None) into a validated ``config_cls``."""
     parser = parser_for(config_cls, description, defaults=defaults, **parser_kw)
     return config_from(parser, config_cls, parser.parse_args(argv))

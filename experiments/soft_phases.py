@@ -94,16 +94,35 @@ def setup(cfg: SoftExperiment) -> Context:
     enc = idata.encode_sft(tok, train_ex, max_len=cfg.max_len, max_response_len=cfg.max_response_len)
     bs = min(cfg.batch_size, len(train_ex) // cfg.grad_accum * cfg.grad_accum)
     data = ArrayBatches(enc.arrays(), bs, seed=cfg.seed)
-    return Context(cfg=cfg, mesh=mesh, train_ex=train_ex, eval_ex=eval_ex, base=base, tok=tok, num_layers=num_layers,
-                   exits=exits, data=data, num_truncated=enc.num_truncated, main=jax.process_index() == 0,
-                   times=times, t_start=t_start)
+    return Context(
+        cfg=cfg,
+        mesh=mesh,
+        train_ex=train_ex,
+        eval_ex=eval_ex,
+        base=base,
+        tok=tok,
+        num_layers=num_layers,
+        exits=exits,
+        data=data,
+        num_truncated=enc.num_truncated,
+        main=jax.process_index() == 0,
+        times=times,
+        t_start=t_start,
+    )
 
 
 def describe(ctx: Context) -> dict:
     """The head of ``results.json``: what was run on what."""
-    return {"exits": list(ctx.exits), "num_layers": ctx.num_layers, "model": ctx.base, "dataset": ctx.cfg.dataset,
-            "num_train": len(ctx.train_ex), "num_eval": len(ctx.eval_ex), "num_truncated": ctx.num_truncated,
-            "config": dataclasses.asdict(ctx.cfg)}
+    return {
+        "exits": list(ctx.exits),
+        "num_layers": ctx.num_layers,
+        "model": ctx.base,
+        "dataset": ctx.cfg.dataset,
+        "num_train": len(ctx.train_ex),
+        "num_eval": len(ctx.eval_ex),
+        "num_truncated": ctx.num_truncated,
+        "config": dataclasses.asdict(ctx.cfg),
+    }
 
 
 def load_examples(cfg: SoftExperiment):
@@ -128,10 +147,22 @@ def load_examples(cfg: SoftExperiment):
 def _train_cfg(cfg: SoftExperiment, sub: str, steps: int, lr: float, **kw):
     from sortedjax.train import TrainConfig
 
-    return TrainConfig(workdir=os.path.join(cfg.workdir, sub), steps=steps, learning_rate=lr,
-                       schedule="warmup_cosine", warmup_steps=min(20, steps // 10), end_lr_factor=0.1,
-                       optimizer="adamw", grad_clip_norm=1.0, grad_accum=cfg.grad_accum,
-                       checkpoint_every=100, log_every=10, seed=cfg.seed, desc=sub, **kw)
+    return TrainConfig(
+        workdir=os.path.join(cfg.workdir, sub),
+        steps=steps,
+        learning_rate=lr,
+        schedule="warmup_cosine",
+        warmup_steps=min(20, steps // 10),
+        end_lr_factor=0.1,
+        optimizer="adamw",
+        grad_clip_norm=1.0,
+        grad_accum=cfg.grad_accum,
+        checkpoint_every=100,
+        log_every=10,
+        seed=cfg.seed,
+        desc=sub,
+        **kw,
+    )
 
 
 def build_base(cfg: SoftExperiment, mesh, task) -> str:
@@ -151,15 +182,28 @@ def build_base(cfg: SoftExperiment, mesh, task) -> str:
     corpus = idata.builtin_corpus(task, num_docs=cfg.base_docs, seed=cfg.seed)
     tok = idata.build_tokenizer(corpus + [e.prompt + " " + e.output for e in task.train + task.eval])
     mcfg = llama.LlamaConfig(
-        vocab_size=len(tok), hidden_size=cfg.base_hidden, intermediate_size=cfg.base_hidden * 8 // 3 // 8 * 8,
-        num_hidden_layers=cfg.base_layers, num_attention_heads=cfg.base_heads,
-        num_key_value_heads=max(1, cfg.base_heads // 2), max_position_embeddings=256, rope_theta=10000.0,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        vocab_size=len(tok),
+        hidden_size=cfg.base_hidden,
+        intermediate_size=cfg.base_hidden * 8 // 3 // 8 * 8,
+        num_hidden_layers=cfg.base_layers,
+        num_attention_heads=cfg.base_heads,
+        num_key_value_heads=max(1, cfg.base_heads // 2),
+        max_position_embeddings=256,
+        rope_theta=10000.0,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     model = llama.Llama(mcfg, rngs=nnx.Rngs(cfg.seed))
     data = ArrayBatches(idata.encode_lm(tok, corpus, max_len=cfg.max_len).arrays(), cfg.batch_size, seed=cfg.seed)
     loss = soft.make_loss(soft.SoftConfig(mode="sft", exits=(cfg.base_layers,), num_layers=cfg.base_layers))
-    res = train(model, loss, data, _train_cfg(cfg, "base/train", cfg.base_steps, cfg.base_learning_rate),
-                mesh=mesh if cfg.base_sharded else None)
+    res = train(
+        model,
+        loss,
+        data,
+        _train_cfg(cfg, "base/train", cfg.base_steps, cfg.base_learning_rate),
+        mesh=mesh if cfg.base_sharded else None,
+    )
     if jax.process_index() == 0:
         llama.save_pretrained(res.model, out)
         tok.save_pretrained(out)
@@ -214,8 +258,15 @@ def sft_ict(ctx: Context, sft_outputs: dict[int, list[str]]):
             from jax.experimental import multihost_utils
 
             multihost_utils.sync_global_devices("sft_export")
-        ict, last = finetune(ctx, "sft_ict", os.path.join(cfg.workdir, "sft", "hf"), inner,
-                             steps=cfg.ict_steps, lr=cfg.ict_learning_rate, exit_head_layers=inner)
+        ict, last = finetune(
+            ctx,
+            "sft_ict",
+            os.path.join(cfg.workdir, "sft", "hf"),
+            inner,
+            steps=cfg.ict_steps,
+            lr=cfg.ict_learning_rate,
+            exit_head_layers=inner,
+        )
         outputs = {**generate_at_exits(ctx, ict, inner), ctx.num_layers: sft_outputs[ctx.num_layers]}
         return ict, outputs, {**score(outputs, ctx.eval_ex), "final_train_loss": last}
 
@@ -261,10 +312,19 @@ def generate_at_exits(ctx: Context, model, exits) -> dict[int, list[str]]:
     ids, att = np.concatenate([ids, ids[:pad]]), np.concatenate([att, att[:pad]])
     out = {}
     for e in exits:
-        toks = [decoding.generate(model, ids[i : i + bs], attention_mask=att[i : i + bs],
-                                  max_new_tokens=cfg.max_new_tokens, exit_layer=e, temperature=0.0,
-                                  stop_tokens=(tok.eos_token_id,), pad_id=idata.pad_id_of(tok))
-                for i in range(0, len(ids), bs)]
+        toks = [
+            decoding.generate(
+                model,
+                ids[i : i + bs],
+                attention_mask=att[i : i + bs],
+                max_new_tokens=cfg.max_new_tokens,
+                exit_layer=e,
+                temperature=0.0,
+                stop_tokens=(tok.eos_token_id,),
+                pad_id=idata.pad_id_of(tok),
+            )
+            for i in range(0, len(ids), bs)
+        ]
         out[e] = idata.decode_responses(tok, np.concatenate(toks)[:n])
     return out
 
@@ -277,5 +337,7 @@ def score(outputs: dict[int, list[str]], examples) -> dict:
     exits = sorted(outputs)
     return {
         "exact_match": [ev.exact_match_accuracy(outputs[e], refs) for e in exits],
-        "rouge_l": [100.0 * sum(ev.best_rouge_l(p, r) for p, r in zip(outputs[e], refs)) / max(len(refs), 1) for e in exits],
+        "rouge_l": [
+            100.0 * sum(ev.best_rouge_l(p, r) for p, r in zip(outputs[e], refs)) / max(len(refs), 1) for e in exits
+        ],
     }

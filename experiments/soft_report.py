@@ -54,14 +54,22 @@ def pairwise(ctx: Context, outputs: dict[str, dict[int, list[str]]], depths) -> 
         refs = [e.references for e in ctx.eval_ex]
         soft_rows, sft_cols = [f"soft@{e}" for e in ctx.exits], [f"sft@{e}" for e in ctx.exits]
         mat = ev.pairwise_matrix(systems, soft_rows, sft_cols, ins, refs, judge)
-        pair = {"judge": judge_name, "rows": soft_rows, "cols": sft_cols, "soft_vs_sft_matrix": mat.tolist(),
-                "soft_vs_sft_same_exit": np.diag(mat).tolist(), "soft_vs_sft_last": mat[:, -1].tolist()}
+        pair = {
+            "judge": judge_name,
+            "rows": soft_rows,
+            "cols": sft_cols,
+            "soft_vs_sft_matrix": mat.tolist(),
+            "soft_vs_sft_same_exit": np.diag(mat).tolist(),
+            "soft_vs_sft_last": mat[:, -1].tolist(),
+        }
         if "sft_ict" in outputs:
             pair["soft_vs_sft_ict_same_exit"] = [
-                ev.pairwise_score(ins, systems[f"soft@{e}"], systems[f"sft_ict@{e}"], refs, judge) for e in ctx.exits]
+                ev.pairwise_score(ins, systems[f"soft@{e}"], systems[f"sft_ict@{e}"], refs, judge) for e in ctx.exits
+            ]
         for n in depths:
-            pair[f"soft_vs_extracted_{n}"] = ev.pairwise_score(ins, systems[f"soft@{n}"], systems[f"extracted_{n}@{n}"],
-                                                               refs, judge)
+            pair[f"soft_vs_extracted_{n}"] = ev.pairwise_score(
+                ins, systems[f"soft@{n}"], systems[f"extracted_{n}@{n}"], refs, judge
+            )
     return pair, systems
 
 
@@ -86,15 +94,44 @@ def analyse(cfg: SoftExperiment, models: dict, tok, examples, exits, figdir: str
         kl = analysis.exit_kl(model, tokens, exits, attention_mask=att, heads=heads)
         cos, cos_mat = analysis.hidden_cosine(model, tokens, exits, attention_mask=att)
         if write:
-            figs.append(analysis.heatmap(kl, os.path.join(figdir, f"kl_{name}.png"), title=f"{name}: KL(last || exit) per position",
-                                         row_labels=exits, col_labels=range(length), xlabel="position", ylabel="exit", annotate=False))
-            figs.append(analysis.heatmap(cos, os.path.join(figdir, f"cosine_{name}.png"),
-                                         title=f"{name}: cosine(hidden at exit, last layer)", row_labels=exits,
-                                         col_labels=range(length), xlabel="position", ylabel="exit", annotate=False))
-            figs.append(analysis.heatmap(cos_mat, os.path.join(figdir, f"cosine_matrix_{name}.png"),
-                                         title=f"{name}: hidden-state cosine between exits", row_labels=exits, col_labels=exits))
-        summary[name] = {"kl_mean_per_exit": kl.mean(1).tolist(), "cosine_to_last_per_exit": cos.mean(1).tolist(),
-                         "cosine_matrix": cos_mat.tolist()}
+            figs.append(
+                analysis.heatmap(
+                    kl,
+                    os.path.join(figdir, f"kl_{name}.png"),
+                    title=f"{name}: KL(last || exit) per position",
+                    row_labels=exits,
+                    col_labels=range(length),
+                    xlabel="position",
+                    ylabel="exit",
+                    annotate=False,
+                )
+            )
+            figs.append(
+                analysis.heatmap(
+                    cos,
+                    os.path.join(figdir, f"cosine_{name}.png"),
+                    title=f"{name}: cosine(hidden at exit, last layer)",
+                    row_labels=exits,
+                    col_labels=range(length),
+                    xlabel="position",
+                    ylabel="exit",
+                    annotate=False,
+                )
+            )
+            figs.append(
+                analysis.heatmap(
+                    cos_mat,
+                    os.path.join(figdir, f"cosine_matrix_{name}.png"),
+                    title=f"{name}: hidden-state cosine between exits",
+                    row_labels=exits,
+                    col_labels=exits,
+                )
+            )
+        summary[name] = {
+            "kl_mean_per_exit": kl.mean(1).tolist(),
+            "cosine_to_last_per_exit": cos.mean(1).tolist(),
+            "cosine_matrix": cos_mat.tolist(),
+        }
     return {"per_method": summary, "figures": figs}
 
 
@@ -111,14 +148,29 @@ def figures_and_analysis(ctx: Context, results: dict, trained: dict) -> dict:
         figs = []
         if ctx.main:
             pair = results["pairwise"]
-            figs.append(analysis.heatmap(np.asarray(pair["soft_vs_sft_matrix"]),
-                                         os.path.join(cfg.workdir, "pairwise_soft_vs_sft.png"),
-                                         title="SoFT vs SFT: (W-L)/(W+L+T)", row_labels=pair["rows"],
-                                         col_labels=pair["cols"], cmap="RdBu", center=0.0))
+            figs.append(
+                analysis.heatmap(
+                    np.asarray(pair["soft_vs_sft_matrix"]),
+                    os.path.join(cfg.workdir, "pairwise_soft_vs_sft.png"),
+                    title="SoFT vs SFT: (W-L)/(W+L+T)",
+                    row_labels=pair["rows"],
+                    col_labels=pair["cols"],
+                    cmap="RdBu",
+                    center=0.0,
+                )
+            )
             methods = [m for m in METHODS if m in results]
             em = np.array([results[m]["exact_match"] for m in methods])
-            figs.append(analysis.heatmap(em, os.path.join(cfg.workdir, "exact_match.png"), title="exact match (%) per exit",
-                                         row_labels=methods, col_labels=exits, xlabel="exit layer"))
+            figs.append(
+                analysis.heatmap(
+                    em,
+                    os.path.join(cfg.workdir, "exact_match.png"),
+                    title="exact match (%) per exit",
+                    row_labels=methods,
+                    col_labels=exits,
+                    xlabel="exit layer",
+                )
+            )
         models = {"sft": (trained["sft"], ()), "soft": (trained["soft"], ())}
         if "sft_ict" in trained:
             models["sft_ict"] = (trained["sft_ict"], ctx.inner)
@@ -129,8 +181,10 @@ def figures_and_analysis(ctx: Context, results: dict, trained: dict) -> dict:
 def finish(ctx: Context, results: dict, systems: dict[str, list[str]]) -> dict:
     """Add sample outputs and wall times; process 0 writes ``results.json`` and prints the table."""
     ex = ctx.eval_ex
-    results["samples"] = [{"prompt": ex[i].instruction, "reference": ex[i].output,
-                           **{k: systems[k][i] for k in sorted(systems)}} for i in range(min(4, len(ex)))]
+    results["samples"] = [
+        {"prompt": ex[i].instruction, "reference": ex[i].output, **{k: systems[k][i] for k in sorted(systems)}}
+        for i in range(min(4, len(ex)))
+    ]
     ctx.times["total"] = time.time() - ctx.t_start
     results["wall_time_s"] = ctx.times
     if ctx.main:
@@ -151,6 +205,8 @@ def table(results: dict) -> str:
         cells = " | ".join(f"{results[m]['exact_match'][j]:11.1f}" for m in methods)
         lines.append(f"{e:4d} | {cells} | {results['pairwise']['soft_vs_sft_same_exit'][j]:+11.2f}")
     for n, r in results.get("extracted", {}).items():
-        lines.append(f"extracted fine-tuning of the first {n} layers: EM {r['exact_match']:.1f}% "
-                     f"(soft vs extracted: {results['pairwise'][f'soft_vs_extracted_{n}']:+.2f})")
+        lines.append(
+            f"extracted fine-tuning of the first {n} layers: EM {r['exact_match']:.1f}% "
+            f"(soft vs extracted: {results['pairwise'][f'soft_vs_extracted_{n}']:+.2f})"
+        )
     return "\n".join(lines)

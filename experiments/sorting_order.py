@@ -50,8 +50,11 @@ class Config:
     epochs: int = flags.option(10, help="training epochs per network")
     batch_size: int = flags.option(16, help="training batch size")
     learning_rate: float = flags.option(0.01, help="Adam learning rate")
-    seeds: int = flags.option(5, help="number of training seeds per method: networks are trained with seeds "
-                                      "0..SEEDS-1 and the accuracies averaged")
+    seeds: int = flags.option(
+        5,
+        help="number of training seeds per method: networks are trained with seeds "
+        "0..SEEDS-1 and the accuracies averaged",
+    )
 
     def __post_init__(self):
         if self.hidden < 1:

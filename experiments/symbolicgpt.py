@@ -53,10 +53,11 @@ THRESHOLDS = (-10, -5, -2)
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Config:
     setting: str = flags.option(
-        "1var", choices=tuple(SETTINGS),
-        help="variables per equation: 1var, 2var, 3var, or general (1 to 9 variables)")
+        "1var", choices=tuple(SETTINGS), help="variables per equation: 1var, 2var, 3var, or general (1 to 9 variables)"
+    )
     workdir: str = flags.option(
-        "runs/symbolicgpt", help="directory for the generated data, the trained model, records, results and figures")
+        "runs/symbolicgpt", help="directory for the generated data, the trained model, records, results and figures"
+    )
     # data and model
     n_train: int = flags.option(10000, help="generated training equations")
     preset: str = flags.option("cpu", help="model size preset of symreg.model (tiny, cpu, small, thesis)")
@@ -76,14 +77,17 @@ class Config:
     n_starts: int = flags.option(8, help="BFGS restarts per candidate skeleton when fitting its constants")
     methods: tuple[str, ...] = flags.option(METHODS, choices=METHODS, help="comma-separated methods to evaluate")
     benchmarks: tuple[str, ...] = flags.option(
-        ("nguyen", "feynman"), choices=("nguyen", "feynman"),
-        help="comma-separated benchmark equation families evaluated besides the generated test set")
+        ("nguyen", "feynman"),
+        choices=("nguyen", "feynman"),
+        help="comma-separated benchmark equation families evaluated besides the generated test set",
+    )
     gplearn_population: int = flags.option(1000, help="gplearn baseline: population size")
     gplearn_generations: int = flags.option(10, help="gplearn baseline: generations")
     operon_generations: int = flags.option(1000, help="pyoperon baseline: generations")
     operon_population: int = flags.option(1000, help="pyoperon baseline: population size")
     sweep_problems: int = flags.option(
-        15, help="problems used for the samples and points sweeps of Figs. 2.3b / 2.3c (0: skip them)")
+        15, help="problems used for the samples and points sweeps of Figs. 2.3b / 2.3c (0: skip them)"
+    )
     seed: int = flags.option(0, help="seed of data generation, training, sampling and the baselines")
     workers: int = flags.option(2, help="processes generating data (for 2000 equations or more)")
     progress: bool = flags.option(True, help="show progress bars")
@@ -107,9 +111,19 @@ class Config:
         return v if isinstance(v, int) else v[1]
 
 
-QUICK = {"n_train": 1500, "preset": "tiny", "steps": 150, "batch_size": 32, "n_test": 6, "n_samples": 16,
-         "gplearn_population": 200, "gplearn_generations": 5, "operon_generations": 50,
-         "operon_population": 200, "sweep_problems": 3}
+QUICK = {
+    "n_train": 1500,
+    "preset": "tiny",
+    "steps": 150,
+    "batch_size": 32,
+    "n_test": 6,
+    "n_samples": 16,
+    "gplearn_population": 200,
+    "gplearn_generations": 5,
+    "operon_generations": 50,
+    "operon_population": 200,
+    "sweep_problems": 3,
+}
 
 
 # ----------------------------------------------------------------------------- data
@@ -120,9 +134,16 @@ def _ensure_dataset(cfg: Config, split: str, n: int, seed: int) -> list[dict]:
 
     path = os.path.join(cfg.workdir, "data", f"{cfg.setting}-{split}-{n}-{seed}")
     if not os.path.exists(os.path.join(path, "manifest.json")):
-        write_dataset(path, n, seed, split, DatasetConfig(n_vars=SETTINGS[cfg.setting]),
-                      shard_size=max(1, -(-n // cfg.workers)), workers=cfg.workers if n >= 2000 else 1,
-                      progress=cfg.progress)
+        write_dataset(
+            path,
+            n,
+            seed,
+            split,
+            DatasetConfig(n_vars=SETTINGS[cfg.setting]),
+            shard_size=max(1, -(-n // cfg.workers)),
+            workers=cfg.workers if n >= 2000 else 1,
+            progress=cfg.progress,
+        )
     return load_dataset(path)
 
 
@@ -146,8 +167,17 @@ def generated_test_set(cfg: Config, n: int) -> list[dict]:
         y_fit = _eval_on(inst["expr"], X_fit)
         if not np.all(np.isfinite(y_fit)) or np.abs(y_fit).max() > 1e4:
             continue  # undefined on the training range: not a fair extrapolation test
-        out.append({"name": f"{cfg.setting}-{len(out)}", "expr": inst["expr"], "skeleton": inst["skeleton"],
-                    "X": X_fit, "y": y_fit, "X_test": inst["X"], "y_test": inst["y"]})
+        out.append(
+            {
+                "name": f"{cfg.setting}-{len(out)}",
+                "expr": inst["expr"],
+                "skeleton": inst["skeleton"],
+                "X": X_fit,
+                "y": y_fit,
+                "X_test": inst["X"],
+                "y_test": inst["y"],
+            }
+        )
         if len(out) == n:
             break
     return out
@@ -161,8 +191,17 @@ def benchmark_test_set(cfg: Config, family: str) -> list[dict]:
         if eq.name.lower().startswith(family) and eq.n_vars <= cfg.max_vars:
             fit, test = (sample_benchmark(eq, seed=cfg.seed, split=s) for s in ("train", "test"))
             if np.all(np.isfinite(fit["y"])) and np.all(np.isfinite(test["y"])):
-                out.append({"name": eq.name, "expr": eq.expr, "skeleton": fit["skeleton"], "X": fit["X"],
-                            "y": fit["y"], "X_test": test["X"], "y_test": test["y"]})
+                out.append(
+                    {
+                        "name": eq.name,
+                        "expr": eq.expr,
+                        "skeleton": fit["skeleton"],
+                        "X": fit["X"],
+                        "y": fit["y"],
+                        "X_test": test["X"],
+                        "y_test": test["y"],
+                    }
+                )
     return out
 
 
@@ -185,21 +224,41 @@ def train_model(cfg: Config):
     t0 = time.time()
     instances = _ensure_dataset(cfg, "train", cfg.n_train, cfg.seed)
     arrays, kept = make_arrays(instances, tok, max_len=cfg.max_len, max_vars=cfg.max_vars)
-    print(f"data: {len(kept)} of {len(instances)} train equations fit max_len={cfg.max_len} "
-          f"({time.time() - t0:.0f}s)")
+    print(f"data: {len(kept)} of {len(instances)} train equations fit max_len={cfg.max_len} ({time.time() - t0:.0f}s)")
     mcfg = ModelConfig.preset(cfg.preset, vocab_size=tok.vocab_size, max_len=cfg.max_len, max_vars=cfg.max_vars)
-    tcfg = TrainConfig(workdir=os.path.join(cfg.workdir, "train"), steps=cfg.steps, learning_rate=cfg.learning_rate,
-                       schedule="warmup_cosine", warmup_steps=min(cfg.warmup_steps, cfg.steps), optimizer="adamw",
-                       weight_decay=cfg.weight_decay, grad_clip_norm=1.0, checkpoint_every=max(cfg.steps // 4, 1),
-                       log_every=10, seed=cfg.seed, progress=cfg.progress, desc="train symbolicgpt")
+    tcfg = TrainConfig(
+        workdir=os.path.join(cfg.workdir, "train"),
+        steps=cfg.steps,
+        learning_rate=cfg.learning_rate,
+        schedule="warmup_cosine",
+        warmup_steps=min(cfg.warmup_steps, cfg.steps),
+        optimizer="adamw",
+        weight_decay=cfg.weight_decay,
+        grad_clip_norm=1.0,
+        checkpoint_every=max(cfg.steps // 4, 1),
+        log_every=10,
+        seed=cfg.seed,
+        progress=cfg.progress,
+        desc="train symbolicgpt",
+    )
     t0 = time.time()
     result = train_symbolicgpt(mcfg, arrays, tcfg, batch_size=cfg.batch_size)
     last = result.history[-1] if result.history else {}
-    print(f"trained {result.step} steps in {time.time() - t0:.0f}s: " +
-          ", ".join(f"{k}={v:.3g}" for k, v in last.items() if k != "step"))
-    save_pretrained(result.model, model_dir, extra={
-        "setting": cfg.setting, "steps": cfg.steps, "tokenizer": "SkeletonTokenizer",
-        "sampling": {"method": cfg.sampling, "top_k": cfg.top_k, "top_p": cfg.top_p}, "n_samples": cfg.n_samples})
+    print(
+        f"trained {result.step} steps in {time.time() - t0:.0f}s: "
+        + ", ".join(f"{k}={v:.3g}" for k, v in last.items() if k != "step")
+    )
+    save_pretrained(
+        result.model,
+        model_dir,
+        extra={
+            "setting": cfg.setting,
+            "steps": cfg.steps,
+            "tokenizer": "SkeletonTokenizer",
+            "sampling": {"method": cfg.sampling, "top_k": cfg.top_k, "top_p": cfg.top_p},
+            "n_samples": cfg.n_samples,
+        },
+    )
     return result.model
 
 
@@ -214,19 +273,23 @@ def make_method(name: str, cfg: Config, model=None, n_samples: int | None = None
         from symreg.tokenizer import SkeletonTokenizer
 
         sampling = SamplingConfig(method=cfg.sampling, top_k=cfg.top_k, top_p=cfg.top_p)
-        source = NeuralCandidateSource(model, SkeletonTokenizer(), n_samples=n_samples or cfg.n_samples,
-                                       sampling=sampling, seed=cfg.seed)
-        return SymbolicGPTRegressor(candidate_source=source, n_candidates=n_samples or cfg.n_samples,
-                                    n_starts=cfg.n_starts, seed=cfg.seed)
+        source = NeuralCandidateSource(
+            model, SkeletonTokenizer(), n_samples=n_samples or cfg.n_samples, sampling=sampling, seed=cfg.seed
+        )
+        return SymbolicGPTRegressor(
+            candidate_source=source, n_candidates=n_samples or cfg.n_samples, n_starts=cfg.n_starts, seed=cfg.seed
+        )
     from symreg import baselines
 
     if name == "gplearn":
-        return baselines.GPLearnBaseline(population_size=cfg.gplearn_population,
-                                         generations=cfg.gplearn_generations, random_state=cfg.seed)
+        return baselines.GPLearnBaseline(
+            population_size=cfg.gplearn_population, generations=cfg.gplearn_generations, random_state=cfg.seed
+        )
     if name == "mlp":
         return baselines.MLPBaseline(random_state=cfg.seed)
-    return baselines.OperonBaseline(generations=cfg.operon_generations, population_size=cfg.operon_population,
-                                    random_state=cfg.seed)
+    return baselines.OperonBaseline(
+        generations=cfg.operon_generations, population_size=cfg.operon_population, random_state=cfg.seed
+    )
 
 
 def run_one(method, problem: dict) -> dict:
@@ -254,8 +317,11 @@ def summarize(records: list[dict]) -> dict:
     for by_method in out.values():
         for m, rows in by_method.items():
             err = np.array([r["log10_mse_n"] for r in rows], float)
-            by_method[m] = {"frac_below": {str(t): float(np.mean(err < t)) for t in THRESHOLDS},
-                            "median_seconds": float(np.median([r["seconds"] for r in rows])), "n": len(rows)}
+            by_method[m] = {
+                "frac_below": {str(t): float(np.mean(err < t)) for t in THRESHOLDS},
+                "median_seconds": float(np.median([r["seconds"] for r in rows])),
+                "n": len(rows),
+            }
     return out
 
 
@@ -270,8 +336,13 @@ def _sweeps(cfg: Config, model, problems: list[dict]) -> dict:
     for n in sorted({1, 4, 16, cfg.n_samples}):
         rows = [run_one(make_method("symbolicgpt", cfg, model, n_samples=n), p) for p in probs]
         err = np.array([r["log10_mse_n"] for r in rows])
-        sweeps["samples"].append({"n_samples": n, "median_seconds": float(np.median([r["seconds"] for r in rows])),
-                                  "frac_below_-5": float(np.mean(err < -5))})
+        sweeps["samples"].append(
+            {
+                "n_samples": n,
+                "median_seconds": float(np.median([r["seconds"] for r in rows])),
+                "frac_below_-5": float(np.mean(err < -5)),
+            }
+        )
     rng = np.random.default_rng(cfg.seed)
     for n_pts in (5, 10, 20, len(probs[0]["y"])):
         errs = []
@@ -280,8 +351,13 @@ def _sweeps(cfg: Config, model, problems: list[dict]) -> dict:
             sub = {**p, "X": p["X"][idx], "y": p["y"][idx]}
             errs.append(run_one(make_method("symbolicgpt", cfg, model), sub)["log10_mse_n"])
         errs = np.array(errs)
-        sweeps["points"].append({"n_points": n_pts, "median_log10_mse_n": float(np.median(errs)),
-                                 "frac_below_-5": float(np.mean(errs < -5))})
+        sweeps["points"].append(
+            {
+                "n_points": n_pts,
+                "median_log10_mse_n": float(np.median(errs)),
+                "frac_below_-5": float(np.mean(errs < -5)),
+            }
+        )
     del log10_mse_n
     return sweeps
 
@@ -296,16 +372,24 @@ def evaluate(cfg: Config, model=None) -> dict:
     test_sets = {cfg.setting: generated_test_set(cfg, cfg.n_test)}
     for family in cfg.benchmarks:
         test_sets[family] = benchmark_test_set(cfg, family)
-    print("evaluating on " + ", ".join(f"{k}: {len(v)} problems" for k, v in test_sets.items()) +
-          f" (max_vars={cfg.max_vars}); methods: {', '.join(cfg.methods)}")
+    print(
+        "evaluating on "
+        + ", ".join(f"{k}: {len(v)} problems" for k, v in test_sets.items())
+        + f" (max_vars={cfg.max_vars}); methods: {', '.join(cfg.methods)}"
+    )
     records = []
     rec_path = os.path.join(cfg.workdir, "records.jsonl")
     with open(rec_path, "w") as f:
         for ts, problems in test_sets.items():
             for p in tqdm(problems, desc=f"eval {ts}", disable=not cfg.progress):
                 for m in cfg.methods:
-                    r = {"test_set": ts, "method": m, "problem": p["name"], "true": p["expr"],
-                         **run_one(make_method(m, cfg, model), p)}
+                    r = {
+                        "test_set": ts,
+                        "method": m,
+                        "problem": p["name"],
+                        "true": p["expr"],
+                        **run_one(make_method(m, cfg, model), p),
+                    }
                     records.append(r)
                     f.write(json.dumps(r) + "\n")
                     f.flush()
@@ -336,8 +420,11 @@ def write_figures(cfg: Config, records: list[dict], results: dict, sweeps: dict)
         for m in results[ts]:
             err = np.array([r["log10_mse_n"] for r in records if r["test_set"] == ts and r["method"] == m])
             ax.plot(grid, [np.mean(err <= g) for g in grid], label=m)
-        ax.set(title=f"{ts} (n={max(v['n'] for v in results[ts].values())})", xlabel="log10 MSE_N",
-               ylabel="fraction of problems <= x")
+        ax.set(
+            title=f"{ts} (n={max(v['n'] for v in results[ts].values())})",
+            xlabel="log10 MSE_N",
+            ylabel="fraction of problems <= x",
+        )
         ax.grid(alpha=0.3)
     axes[0][0].legend()
     fig.tight_layout()
@@ -347,10 +434,18 @@ def write_figures(cfg: Config, records: list[dict], results: dict, sweeps: dict)
     width = 0.8 / len(sets)
     methods = list(dict.fromkeys(m for ts in sets for m in results[ts]))
     for i, ts in enumerate(sets):
-        ax.bar(np.arange(len(methods)) + i * width,
-               [results[ts].get(m, {}).get("median_seconds", np.nan) for m in methods], width, label=ts)
-    ax.set(xticks=np.arange(len(methods)) + width * (len(sets) - 1) / 2, xticklabels=methods, yscale="log",
-           ylabel="median seconds per problem")
+        ax.bar(
+            np.arange(len(methods)) + i * width,
+            [results[ts].get(m, {}).get("median_seconds", np.nan) for m in methods],
+            width,
+            label=ts,
+        )
+    ax.set(
+        xticks=np.arange(len(methods)) + width * (len(sets) - 1) / 2,
+        xticklabels=methods,
+        yscale="log",
+        ylabel="median seconds per problem",
+    )
     ax.legend()
     fig.tight_layout()
     fig.savefig(os.path.join(cfg.workdir, "time_per_problem.png"), dpi=120)
@@ -364,8 +459,12 @@ def write_figures(cfg: Config, records: list[dict], results: dict, sweeps: dict)
         for m, v in results[cfg.setting].items():
             if m != "symbolicgpt":
                 ax.plot(v["median_seconds"], v["frac_below"]["-5"], "s", label=m)
-        ax.set(xscale="log", xlabel="median seconds per problem", ylabel="fraction log10 MSE_N < -5",
-               title=f"performance over time ({cfg.setting}, {cfg.sweep_problems} problems)")
+        ax.set(
+            xscale="log",
+            xlabel="median seconds per problem",
+            ylabel="fraction log10 MSE_N < -5",
+            title=f"performance over time ({cfg.setting}, {cfg.sweep_problems} problems)",
+        )
         ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(os.path.join(cfg.workdir, "performance_over_time.png"), dpi=120)
@@ -399,15 +498,19 @@ def print_summary(cfg: Config, results: dict) -> None:
     for ts, by in results.items():
         for m, v in by.items():
             fb = v["frac_below"]
-            print(f"{ts:10s} {m:12s} {v['n']:4d} {fb['-10']:6.2f} {fb['-5']:6.2f} {fb['-2']:6.2f} "
-                  f"{v['median_seconds']:9.3f}")
+            print(
+                f"{ts:10s} {m:12s} {v['n']:4d} {fb['-10']:6.2f} {fb['-5']:6.2f} {fb['-2']:6.2f} "
+                f"{v['median_seconds']:9.3f}"
+            )
     main = results.get(cfg.setting, {})
     if "symbolicgpt" in main and "gplearn" in main:
         s, g = main["symbolicgpt"], main["gplearn"]
         speed = g["median_seconds"] / max(s["median_seconds"], 1e-9)
-        print(f"\ntarget ({cfg.setting}): symbolicgpt frac<-5 {s['frac_below']['-5']:.2f} vs gplearn "
-              f"{g['frac_below']['-5']:.2f} (more: {s['frac_below']['-5'] > g['frac_below']['-5']}); "
-              f"gplearn/symbolicgpt time {speed:.1f}x (>=10x: {speed >= 10})")
+        print(
+            f"\ntarget ({cfg.setting}): symbolicgpt frac<-5 {s['frac_below']['-5']:.2f} vs gplearn "
+            f"{g['frac_below']['-5']:.2f} (more: {s['frac_below']['-5'] > g['frac_below']['-5']}); "
+            f"gplearn/symbolicgpt time {speed:.1f}x (>=10x: {speed >= 10})"
+        )
     print(f"results: {os.path.join(cfg.workdir, 'results.json')}")
 
 
@@ -416,12 +519,21 @@ def print_summary(cfg: Config, results: dict) -> None:
 
 def _parser(quick: bool = False):
     p = flags.parser_for(Config, __doc__, defaults=QUICK if quick else None)
-    p.add_argument("command", nargs="?", default="all", choices=("all", "train", "evaluate"),
-                   help="all: train, then evaluate; train: generate data and train only; evaluate: evaluate "
-                        "the model trained in --workdir (default: all)")
-    p.add_argument("--quick", action="store_true",
-                   help="tiny sizes for a smoke test (" + ", ".join(f"{k}={v}" for k, v in QUICK.items()) +
-                        "); flags given explicitly still win")
+    p.add_argument(
+        "command",
+        nargs="?",
+        default="all",
+        choices=("all", "train", "evaluate"),
+        help="all: train, then evaluate; train: generate data and train only; evaluate: evaluate "
+        "the model trained in --workdir (default: all)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny sizes for a smoke test ("
+        + ", ".join(f"{k}={v}" for k, v in QUICK.items())
+        + "); flags given explicitly still win",
+    )
     return p
 
 
@@ -438,9 +550,11 @@ def main(argv=None) -> None:
     command, cfg = parse_args(argv)
     os.makedirs(cfg.workdir, exist_ok=True)
     t0 = time.time()
-    print(f"symbolicgpt {command}: setting={cfg.setting} preset={cfg.preset} n_train={cfg.n_train} "
-          f"steps={cfg.steps} n_test={cfg.n_test} (fewer eval problems than the thesis' 1000 for the CPU budget) "
-          f"n_samples={cfg.n_samples} workdir={cfg.workdir}")
+    print(
+        f"symbolicgpt {command}: setting={cfg.setting} preset={cfg.preset} n_train={cfg.n_train} "
+        f"steps={cfg.steps} n_test={cfg.n_test} (fewer eval problems than the thesis' 1000 for the CPU budget) "
+        f"n_samples={cfg.n_samples} workdir={cfg.workdir}"
+    )
     model = train_model(cfg) if command in ("all", "train") else None
     if command in ("all", "evaluate"):
         evaluate(cfg, model)

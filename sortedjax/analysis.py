@@ -22,8 +22,9 @@ def _weights(attention_mask, shape):
     return jnp.asarray(attention_mask, jnp.float32)
 
 
-def exit_kl(model, tokens_BxL, exits: Sequence[int], attention_mask=None,
-            heads: Sequence[int | None] | None = None) -> np.ndarray:
+def exit_kl(
+    model, tokens_BxL, exits: Sequence[int], attention_mask=None, heads: Sequence[int | None] | None = None
+) -> np.ndarray:
     """``E x L``: mean over the batch of KL(last exit || exit) at each position.
 
     The reference is ``exits[-1]``. ``heads[j]``: the own-head index of exit ``j`` (SFT+ICT)
@@ -56,9 +57,19 @@ def hidden_cosine(model, tokens_BxL, exits: Sequence[int], attention_mask=None) 
     return np.asarray(per_pos), np.asarray(mat)
 
 
-def heatmap(matrix, path: str, *, title: str, row_labels: Sequence, col_labels: Sequence,
-            xlabel: str = "", ylabel: str = "", cmap: str = "viridis", annotate: bool | None = None,
-            center: float | None = None) -> str:
+def heatmap(
+    matrix,
+    path: str,
+    *,
+    title: str,
+    row_labels: Sequence,
+    col_labels: Sequence,
+    xlabel: str = "",
+    ylabel: str = "",
+    cmap: str = "viridis",
+    annotate: bool | None = None,
+    center: float | None = None,
+) -> str:
     """Write ``matrix`` as an annotated heatmap PNG at ``path``; returns ``path``."""
     import matplotlib
 

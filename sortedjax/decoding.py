@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Sequence
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -67,7 +68,7 @@ def pad_prompts(prompt_ids, attention_mask=None, pad_id: int = 0):
             tokens = np.full((len(prompt_ids), P), pad_id, np.int32)
             mask = np.zeros((len(prompt_ids), P), np.int32)
             for i, p in enumerate(prompt_ids):
-                tokens[i, P - len(p):], mask[i, P - len(p):] = p, 1
+                tokens[i, P - len(p) :], mask[i, P - len(p) :] = p, 1
             return tokens, mask
     tokens = np.asarray(prompt_ids, np.int32)
     tokens = tokens[None] if tokens.ndim == 1 else tokens
@@ -102,9 +103,21 @@ def _finish(out, stop_tokens, pad_id):
     return out
 
 
-def generate(model, prompt_ids, *, max_new_tokens: int, exit_layer=None, temperature: float = 0.0,
-             top_k: int | None = None, top_p: float | None = None, stop_tokens: Sequence[int] = (),
-             pad_id: int = 0, seed: int = 0, attention_mask=None, return_logits: bool = False):
+def generate(
+    model,
+    prompt_ids,
+    *,
+    max_new_tokens: int,
+    exit_layer=None,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    stop_tokens: Sequence[int] = (),
+    pad_id: int = 0,
+    seed: int = 0,
+    attention_mask=None,
+    return_logits: bool = False,
+):
     """Generate ``max_new_tokens`` per row with a KV cache, logits taken after ``exit_layer``.
 
     ``prompt_ids``: B x P (padded per ``attention_mask``, left or right) or a ragged list
@@ -112,7 +125,8 @@ def generate(model, prompt_ids, *, max_new_tokens: int, exit_layer=None, tempera
     the row holds ``pad_id``. ``return_logits`` also returns the B x T x V step logits.
     """
     graphdef, state, P, exit_, logits, cache, pos = _setup(
-        model, prompt_ids, attention_mask, pad_id, max_new_tokens, exit_layer)
+        model, prompt_ids, attention_mask, pad_id, max_new_tokens, exit_layer
+    )
     key = jax.random.key(seed)
     controls = (jnp.float32(temperature), jnp.int32(top_k or 0), jnp.float32(1.0 if top_p is None else top_p))
     tok = sample(logits, jax.random.fold_in(key, P - 1), *controls)
@@ -121,8 +135,9 @@ def generate(model, prompt_ids, *, max_new_tokens: int, exit_layer=None, tempera
     for t in range(1, max_new_tokens):
         if done.all():
             break
-        tok, logits, cache = _step(graphdef, state, cache, tok, jnp.int32(P + t - 1), pos + t - 1,
-                                   exit_, key, *controls)
+        tok, logits, cache = _step(
+            graphdef, state, cache, tok, jnp.int32(P + t - 1), pos + t - 1, exit_, key, *controls
+        )
         out.append(np.asarray(tok))
         all_logits.append(logits)
         done |= np.isin(out[-1], np.asarray(stop_tokens, np.int32))
@@ -131,15 +146,25 @@ def generate(model, prompt_ids, *, max_new_tokens: int, exit_layer=None, tempera
     return (tokens, np.stack([np.asarray(x) for x in all_logits], 1)) if return_logits else tokens
 
 
-def speculative_generate(model, prompt_ids, *, max_new_tokens: int, draft_exit: int, num_draft: int = 4,
-                         stop_tokens: Sequence[int] = (), pad_id: int = 0, attention_mask=None):
+def speculative_generate(
+    model,
+    prompt_ids,
+    *,
+    max_new_tokens: int,
+    draft_exit: int,
+    num_draft: int = 4,
+    stop_tokens: Sequence[int] = (),
+    pad_id: int = 0,
+    attention_mask=None,
+):
     """Greedy self-speculative decoding: draft ``num_draft`` tokens with the first
     ``draft_exit`` layers, verify them in one full-depth chunk, keep the agreeing prefix plus
     the full model's next token. Output equals :func:`generate` greedy. Returns (tokens,
     stats) with stats the mean number of tokens accepted per verification."""
     model.check_exit(draft_exit)
     graphdef, state, P, full, logits, cache, pos = _setup(
-        model, prompt_ids, attention_mask, pad_id, max_new_tokens, None, extra=num_draft + 1)
+        model, prompt_ids, attention_mask, pad_id, max_new_tokens, None, extra=num_draft + 1
+    )
     draft, key, greedy = jnp.int32(draft_exit), jax.random.key(0), (jnp.float32(0), jnp.int32(0), jnp.float32(1))
     x0 = jnp.argmax(logits, -1).astype(jnp.int32)
     out, n_out, slot, verifies = [np.asarray(x0)[:, None]], 1, P, 0
@@ -159,7 +184,10 @@ def speculative_generate(model, prompt_ids, *, max_new_tokens: int, draft_exit: 
         x0 = jnp.asarray(g[:, n], jnp.int32)
     out = np.concatenate(out, 1)[:, :max_new_tokens]
     out = np.pad(out, ((0, 0), (0, max_new_tokens - out.shape[1])), constant_values=pad_id)
-    return _finish(out, stop_tokens, pad_id), {"tokens_per_verify": (n_out - 1) / max(verifies, 1), "verifies": verifies}
+    return _finish(out, stop_tokens, pad_id), {
+        "tokens_per_verify": (n_out - 1) / max(verifies, 1),
+        "verifies": verifies,
+    }
 
 
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
@@ -187,13 +215,23 @@ def _early_exit_step(graphdef, state, cache: KVCache, tokens_B, slot, pos_B, is_
         return h, jax.lax.cond(at_exit & ~done.all(), check, lambda c: c, (done, tok, used))
 
     init = (jnp.zeros((B,), bool), jnp.zeros((B,), jnp.int32), jnp.full((B,), N, jnp.int32))
-    _, cache, (_, tok, used) = model.forward_cached(tokens_B[:, None], cache, start=slot, positions_BxT=pos_B[:, None],
-                                                    hook=hook, hook_state=init)
+    _, cache, (_, tok, used) = model.forward_cached(
+        tokens_B[:, None], cache, start=slot, positions_BxT=pos_B[:, None], hook=hook, hook_state=init
+    )
     return tok.astype(jnp.int32), used, cache
 
 
-def early_exit_generate(model, prompt_ids, *, max_new_tokens: int, exits: Sequence[int], threshold: float,
-                        stop_tokens: Sequence[int] = (), pad_id: int = 0, attention_mask=None):
+def early_exit_generate(
+    model,
+    prompt_ids,
+    *,
+    max_new_tokens: int,
+    exits: Sequence[int],
+    threshold: float,
+    stop_tokens: Sequence[int] = (),
+    pad_id: int = 0,
+    attention_mask=None,
+):
     """Greedy decoding with confidence-based early exit (prompt prefilled at full depth).
 
     Each new token is taken at the first layer in ``exits`` whose softmax top probability is
@@ -202,8 +240,7 @@ def early_exit_generate(model, prompt_ids, *, max_new_tokens: int, exits: Sequen
     """
     for e in exits:
         model.check_exit(e)
-    graphdef, state, P, _, logits, cache, pos = _setup(
-        model, prompt_ids, attention_mask, pad_id, max_new_tokens, None)
+    graphdef, state, P, _, logits, cache, pos = _setup(model, prompt_ids, attention_mask, pad_id, max_new_tokens, None)
     tok = jnp.argmax(logits, -1).astype(jnp.int32)
     N = model.num_layers
     out, used = [np.asarray(tok)], [np.full(tok.shape, N, np.int32)]

@@ -126,8 +126,11 @@ class LLMJudge:
 
 
 def pairwise_counts(
-    instructions: Sequence[str], responses_a: Sequence[str], responses_b: Sequence[str],
-    references: Sequence[Sequence[str]], judge: Judge,
+    instructions: Sequence[str],
+    responses_a: Sequence[str],
+    responses_b: Sequence[str],
+    references: Sequence[Sequence[str]],
+    judge: Judge,
 ) -> tuple[int, int, int]:
     """A's (wins, losses, ties) over both presentation orders of every prompt."""
     n = len(instructions)
@@ -151,8 +154,11 @@ def pairwise_counts(
 
 
 def pairwise_score(
-    instructions: Sequence[str], responses_a: Sequence[str], responses_b: Sequence[str],
-    references: Sequence[Sequence[str]], judge: Judge | None = None,
+    instructions: Sequence[str],
+    responses_a: Sequence[str],
+    responses_b: Sequence[str],
+    references: Sequence[Sequence[str]],
+    judge: Judge | None = None,
 ) -> float:
     """(W - L) / (W + L + T) of A against B, averaged over both presentation orders."""
     w, l, t = pairwise_counts(instructions, responses_a, responses_b, references, judge or ExactMatchJudge())
@@ -161,8 +167,12 @@ def pairwise_score(
 
 
 def pairwise_matrix(
-    outputs: Mapping[str, Sequence[str]], rows: Sequence[str], cols: Sequence[str],
-    instructions: Sequence[str], references: Sequence[Sequence[str]], judge: Judge | None = None,
+    outputs: Mapping[str, Sequence[str]],
+    rows: Sequence[str],
+    cols: Sequence[str],
+    instructions: Sequence[str],
+    references: Sequence[Sequence[str]],
+    judge: Judge | None = None,
 ) -> np.ndarray:
     """``M[i, j]`` = pairwise score of system ``rows[i]`` against ``cols[j]``.
 

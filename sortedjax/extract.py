@@ -35,8 +35,9 @@ def extract(model: nnx.Module, sub: SubModel | dict) -> nnx.Module:
     """The standalone model of sub-model ``sub`` (a new model; ``model`` is unchanged)."""
     for name in ("sub_config", "axis_sizes", "limits"):
         if not hasattr(model, name):
-            raise TypeError(f"{type(model).__name__} is not extractable: it lacks {name!r} "
-                            "(see sortedjax.protocol.Extractable)")
+            raise TypeError(
+                f"{type(model).__name__} is not extractable: it lacks {name!r} (see sortedjax.protocol.Extractable)"
+            )
     sizes = concrete_sizes(sub, model.limits)
     keep = model.axis_sizes(sizes)
     new_cfg = model.sub_config(sizes)

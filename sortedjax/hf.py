@@ -24,6 +24,8 @@ from sortedjax import sharding
 
 SINGLE, INDEX = "model.safetensors", "model.safetensors.index.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
+
+
 def resolve(path_or_id: str | os.PathLike) -> Path:
     """A local checkpoint directory, downloading a hub id when it is not a local path."""
     p = Path(path_or_id)
@@ -38,7 +40,8 @@ def resolve(path_or_id: str | os.PathLike) -> Path:
     except Exception as e:
         raise FileNotFoundError(
             f"{str(path_or_id)!r} is not a local directory and could not be downloaded from the "
-            f"Hugging Face hub ({type(e).__name__}: {e})") from e
+            f"Hugging Face hub ({type(e).__name__}: {e})"
+        ) from e
 
 
 def load_config(path) -> dict:

@@ -43,7 +43,11 @@ class Encoded:
 
 
 def encode_sft(
-    tokenizer, examples: Sequence[Example], *, max_len: int, max_response_len: int | None = None,
+    tokenizer,
+    examples: Sequence[Example],
+    *,
+    max_len: int,
+    max_response_len: int | None = None,
     warn: bool = True,
 ) -> Encoded:
     """Tokenize ``BOS prompt response EOS`` into inputs / targets / response-only mask.
@@ -122,7 +126,9 @@ def encode_prompts(
         ids[i, max_len - len(p) :] = p
         att[i, max_len - len(p) :] = 1
     if truncated and warn:
-        warnings.warn(f"{truncated} of {len(examples)} prompts longer than max_len={max_len} were truncated", stacklevel=2)
+        warnings.warn(
+            f"{truncated} of {len(examples)} prompts longer than max_len={max_len} were truncated", stacklevel=2
+        )
     return ids, att
 
 

@@ -55,7 +55,6 @@ class Example:
         return self.answers or (self.output,)
 
 
-
 _BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
@@ -74,8 +73,7 @@ def load_records(source: str, *, config: str | None = None, split: str = "train"
         kinds = {_BUILDERS.get(p.suffix) for p in files}
         if None in kinds or len(kinds) != 1:
             raise ValueError(
-                f"cannot read data file(s) {[str(p) for p in files]}: use one format of "
-                f"{sorted(_BUILDERS)}"
+                f"cannot read data file(s) {[str(p) for p in files]}: use one format of {sorted(_BUILDERS)}"
             )
         ds = datasets.load_dataset(kinds.pop(), data_files=[str(p) for p in files], split="train")
     else:
@@ -89,8 +87,7 @@ def _require(record: dict, fields: Sequence[str], i: int, source: str) -> None:
     for f in fields:
         if f not in record or record[f] is None:
             raise ValueError(
-                f"record {i} of {source!r} is missing required field {f!r} "
-                f"(it has fields {sorted(record)})"
+                f"record {i} of {source!r} is missing required field {f!r} (it has fields {sorted(record)})"
             )
 
 
@@ -121,7 +118,10 @@ def load_alpaca(source: str = ALPACA_HUB, *, split: str = "train", limit: int | 
 
 
 def load_triviaqa(
-    source: str = TRIVIAQA_HUB[0], *, config: str | None = TRIVIAQA_HUB[1], split: str = "train",
+    source: str = TRIVIAQA_HUB[0],
+    *,
+    config: str | None = TRIVIAQA_HUB[1],
+    split: str = "train",
     limit: int | None = None,
 ) -> list[Example]:
     return triviaqa_examples(load_records(source, config=config, split=split, limit=limit), source)
@@ -137,7 +137,9 @@ def load_dataset_examples(spec: str, *, split: str = "train", limit: int | None 
         return load_alpaca(source or ALPACA_HUB, split=split, limit=limit)
     if kind == "triviaqa":
         if source:
-            return load_triviaqa(source, config=None if Path(source).exists() else TRIVIAQA_HUB[1], split=split, limit=limit)
+            return load_triviaqa(
+                source, config=None if Path(source).exists() else TRIVIAQA_HUB[1], split=split, limit=limit
+            )
         return load_triviaqa(split=split, limit=limit)
     records = load_records(spec, split=split, limit=limit)
     if records and "question" in records[0]:

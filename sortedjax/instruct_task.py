@@ -60,7 +60,9 @@ def _statement(rel: str, subj: str, obj: str) -> str:
     return f"{subj} is {obj} ."
 
 
-def builtin_task(*, seed: int = 0, num_countries: int = 24, num_things: int = 24, eval_fraction: float = 0.25) -> BuiltinTask:
+def builtin_task(
+    *, seed: int = 0, num_countries: int = 24, num_things: int = 24, eval_fraction: float = 0.25
+) -> BuiltinTask:
     """Closed-book fact QA and one-digit addition about a generated world.
 
     Every fact is stated in the pre-training text (:func:`builtin_corpus`); the instruction
@@ -98,7 +100,6 @@ def builtin_corpus(task: BuiltinTask, *, num_docs: int = 2000, facts_per_doc: in
                 parts.append(f"question : {_question(rel, subj, rng)} answer : {obj} .")
         docs.append(" ".join(parts))
     return docs
-
 
 
 def build_tokenizer(texts: Iterable[str]):

@@ -79,10 +79,22 @@ class LoRA(nnx.Module):
     adapter is then called on one slice at a time, as the layer it belongs to.
     """
 
-    def __init__(self, in_features: int, out_features: int, *, r: int, alpha: float, r_min: int = 1,
-                 frozen: bool = False, dropout: float = 0.0, batch_shape: Sequence[int] = (),
-                 batch_names: Sequence[str | None] = (), in_name: str | None = None, out_name: str | None = None,
-                 rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        r: int,
+        alpha: float,
+        r_min: int = 1,
+        frozen: bool = False,
+        dropout: float = 0.0,
+        batch_shape: Sequence[int] = (),
+        batch_names: Sequence[str | None] = (),
+        in_name: str | None = None,
+        out_name: str | None = None,
+        rngs: nnx.Rngs,
+    ):
         if r < 1:
             raise ValueError(f"LoRA r must be >= 1, got {r}")
         if not 1 <= r_min <= r:
@@ -97,13 +109,22 @@ class LoRA(nnx.Module):
         self.frozen, self.dropout, self.deterministic = bool(frozen), float(dropout), False
         self.batch_shape = batch_shape
         meta = dict(eager_sharding=False)
-        self.down = LoRADown(_kaiming_uniform(rngs.params(), batch_shape + (r, in_features), in_features),
-                             out_sharding=batch_names + ("rank", in_name), **meta)
-        self.up = LoRAUp(jnp.zeros(batch_shape + (out_features, r), jnp.float32),
-                         out_sharding=batch_names + (out_name, "rank"), **meta)
+        self.down = LoRADown(
+            _kaiming_uniform(rngs.params(), batch_shape + (r, in_features), in_features),
+            out_sharding=batch_names + ("rank", in_name),
+            **meta,
+        )
+        self.up = LoRAUp(
+            jnp.zeros(batch_shape + (out_features, r), jnp.float32),
+            out_sharding=batch_names + (out_name, "rank"),
+            **meta,
+        )
         key = rngs.params()
-        self.rng = nnx.RngStream(jax.random.split(key, batch_shape) if batch_shape else key,
-                                 tag=DROPOUT_STREAM) if dropout > 0 else None
+        self.rng = (
+            nnx.RngStream(jax.random.split(key, batch_shape) if batch_shape else key, tag=DROPOUT_STREAM)
+            if dropout > 0
+            else None
+        )
 
     def rank_or_max(self, rank):
         check_rank(rank, self.r_max)
@@ -165,8 +186,9 @@ def select(model: nnx.Module, target_modules: str | Sequence[str]) -> list[str]:
     if isinstance(target_modules, str):
         chosen = [p for p in paths if re.fullmatch(target_modules, p)]
         if not chosen:
-            raise ValueError(f"target_modules regex {target_modules!r} matches no Linear module; "
-                             f"Linear modules: {paths}")
+            raise ValueError(
+                f"target_modules regex {target_modules!r} matches no Linear module; Linear modules: {paths}"
+            )
         return chosen
     targets = list(target_modules)
     if not targets:
@@ -182,14 +204,33 @@ def _adapter_for(linear: Linear, *, r, alpha, r_min, frozen, dropout, rngs) -> L
     n_in, n_out = len(linear.in_shape), len(linear.out_shape)
     lead = kernel.ndim - n_in - n_out
     names = tuple(kernel.get_metadata().get("out_sharding") or (None,) * kernel.ndim)
-    return LoRA(math.prod(linear.in_shape), math.prod(linear.out_shape), r=r, alpha=alpha, r_min=r_min,
-                frozen=frozen, dropout=dropout, batch_shape=kernel.shape[:lead], batch_names=names[:lead],
-                in_name=names[lead], out_name=names[lead + n_in], rngs=rngs)
+    return LoRA(
+        math.prod(linear.in_shape),
+        math.prod(linear.out_shape),
+        r=r,
+        alpha=alpha,
+        r_min=r_min,
+        frozen=frozen,
+        dropout=dropout,
+        batch_shape=kernel.shape[:lead],
+        batch_names=names[:lead],
+        in_name=names[lead],
+        out_name=names[lead + n_in],
+        rngs=rngs,
+    )
 
 
-def apply_dylora(model: nnx.Module, target_modules: str | Sequence[str] = ("q", "v"), *, r: int = 8,
-                 alpha: float = 16.0, r_min: int = 1, frozen: bool = False, dropout: float = 0.0,
-                 seed: int = 0) -> list[str]:
+def apply_dylora(
+    model: nnx.Module,
+    target_modules: str | Sequence[str] = ("q", "v"),
+    *,
+    r: int = 8,
+    alpha: float = 16.0,
+    r_min: int = 1,
+    frozen: bool = False,
+    dropout: float = 0.0,
+    seed: int = 0,
+) -> list[str]:
     """Attach a DyLoRA adapter to every Linear ``target_modules`` selects (see :func:`select`).
 
     Modifies ``model`` in place and returns the adapted paths. The default targets are PEFT's
@@ -207,8 +248,9 @@ def apply_dylora(model: nnx.Module, target_modules: str | Sequence[str] = ("q", 
         raise ValueError(f"Linear modules {done} already have a LoRA adapter")
     rngs = nnx.Rngs(seed)
     for p in chosen:
-        linears[p].lora = nnx.data(_adapter_for(linears[p], r=r, alpha=alpha, r_min=r_min, frozen=frozen,
-                                                dropout=dropout, rngs=rngs))
+        linears[p].lora = nnx.data(
+            _adapter_for(linears[p], r=r, alpha=alpha, r_min=r_min, frozen=frozen, dropout=dropout, rngs=rngs)
+        )
     return chosen
 
 

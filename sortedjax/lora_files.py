@@ -25,8 +25,9 @@ WEIGHTS_FILE = "adapter_model.safetensors"
 # -- PEFT adapter files --------------------------------------------------------------------------
 def _stack_prefixes(model) -> list[tuple]:
     """Paths of the stacked layer modules (``LayerStack.layers``), outermost first."""
-    return sorted((p + ("layers",) for p, m in nnx.iter_modules(model)
-                   if isinstance(m, LayerStack) and m.stacked), key=len)
+    return sorted(
+        (p + ("layers",) for p, m in nnx.iter_modules(model) if isinstance(m, LayerStack) and m.stacked), key=len
+    )
 
 
 def _module_names(model, path: tuple, batch_shape: tuple[int, ...]) -> dict[tuple[int, ...], str]:
@@ -35,8 +36,9 @@ def _module_names(model, path: tuple, batch_shape: tuple[int, ...]) -> dict[tupl
 
     cuts = [len(s) for s in _stack_prefixes(model) if path[: len(s)] == s]
     if len(cuts) != len(batch_shape):
-        raise ValueError(f"adapter at {_dotted(path)} has stacked axes {batch_shape} but sits in {len(cuts)} "
-                         "stacked LayerStacks")
+        raise ValueError(
+            f"adapter at {_dotted(path)} has stacked axes {batch_shape} but sits in {len(cuts)} stacked LayerStacks"
+        )
     out = {}
     for idx in np.ndindex(*batch_shape):
         if isinstance(model, llama.Llama):
@@ -55,8 +57,10 @@ def _llama_name(path: tuple, idx: tuple[int, ...], hf_layer: dict) -> str:
     if path[:2] == ("layers", "layers") and path[2:] + ("kernel",) in hf_layer:
         suffix = hf_layer[path[2:] + ("kernel",)][0].removesuffix(".weight")
         return f"base_model.model.model.layers.{idx[0]}.{suffix}"
-    raise ValueError(f"no Hugging Face LLaMA module for {_dotted(path)}; PEFT files support the "
-                     "attention / MLP projections and lm_head")
+    raise ValueError(
+        f"no Hugging Face LLaMA module for {_dotted(path)}; PEFT files support the "
+        "attention / MLP projections and lm_head"
+    )
 
 
 def _adapter_paths(model) -> dict[tuple, LoRA]:
@@ -76,10 +80,17 @@ def save_adapter(model: nnx.Module, out_dir, base_model_name_or_path: str | None
         raise ValueError("model has no LoRA adapters; call sortedjax.lora.apply_dylora first")
     first = next(iter(found.values()))
     for p, a in found.items():
-        if (a.r_max, a.r_min, a.alpha, a.frozen, a.dropout) != (first.r_max, first.r_min, first.alpha,
-                                                                  first.frozen, first.dropout):
-            raise ValueError(f"adapter at {_dotted(p)} differs in (r, r_min, alpha, frozen, dropout) from the "
-                             "others; one PEFT config holds one setting")
+        if (a.r_max, a.r_min, a.alpha, a.frozen, a.dropout) != (
+            first.r_max,
+            first.r_min,
+            first.alpha,
+            first.frozen,
+            first.dropout,
+        ):
+            raise ValueError(
+                f"adapter at {_dotted(p)} differs in (r, r_min, alpha, frozen, dropout) from the "
+                "others; one PEFT config holds one setting"
+            )
     tensors, targets = {}, set()
     for p, a in found.items():
         down, up = np.asarray(jax.device_get(a.down[...])), np.asarray(jax.device_get(a.up[...]))
@@ -89,14 +100,26 @@ def save_adapter(model: nnx.Module, out_dir, base_model_name_or_path: str | None
             targets.add(name.rsplit(".", 1)[-1])
     is_llama = isinstance(model, llama.Llama)
     config = {
-        "peft_type": "LORA", "task_type": "CAUSAL_LM" if is_llama else None,
-        "base_model_name_or_path": base_model_name_or_path, "inference_mode": True,
-        "r": first.r_max, "lora_alpha": first.alpha, "lora_dropout": first.dropout,
-        "target_modules": sorted(targets), "bias": "none", "fan_in_fan_out": False,
-        "use_rslora": False, "init_lora_weights": True, "modules_to_save": None,
-        "dylora": {"r_min": first.r_min, "r_max": first.r_max, "frozen": first.frozen,
-                   "scaling": "lora_alpha / b at rank b (PEFT's lora_alpha / r is rank b = r)",
-                   "sortedjax_target_modules": sorted(_dotted(p) for p in found)},
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM" if is_llama else None,
+        "base_model_name_or_path": base_model_name_or_path,
+        "inference_mode": True,
+        "r": first.r_max,
+        "lora_alpha": first.alpha,
+        "lora_dropout": first.dropout,
+        "target_modules": sorted(targets),
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "use_rslora": False,
+        "init_lora_weights": True,
+        "modules_to_save": None,
+        "dylora": {
+            "r_min": first.r_min,
+            "r_max": first.r_max,
+            "frozen": first.frozen,
+            "scaling": "lora_alpha / b at rank b (PEFT's lora_alpha / r is rank b = r)",
+            "sortedjax_target_modules": sorted(_dotted(p) for p in found),
+        },
     }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -153,8 +176,9 @@ def load_adapter(model: nnx.Module, adapter_dir) -> list[str]:
         lin = linears[p]
         n_in, n_out = math.prod(lin.in_shape), math.prod(lin.out_shape)
         if lin.lora is not None and (lin.lora.r_max, lin.lora.alpha) != (r, alpha):
-            raise ValueError(f"adapter at {p} has r={lin.lora.r_max}, alpha={lin.lora.alpha}; the file r={r}, "
-                             f"lora_alpha={alpha}")
+            raise ValueError(
+                f"adapter at {p} has r={lin.lora.r_max}, alpha={lin.lora.alpha}; the file r={r}, lora_alpha={alpha}"
+            )
         for n in names.values():
             for t, want in (("lora_A", (r, n_in)), ("lora_B", (n_out, r)), ("base_layer", (n_out, n_in))):
                 key = f"{n}.{t}.weight"
@@ -162,8 +186,15 @@ def load_adapter(model: nnx.Module, adapter_dir) -> list[str]:
                     raise ValueError(f"tensor {key} has shape {tuple(sd[key].shape)}; {p} needs {want}")
     new = [p for p in plan if linears[p].lora is None]
     if new:
-        apply_dylora(model, new, r=r, alpha=alpha, r_min=int(extra.get("r_min", 1)),
-                     frozen=bool(extra.get("frozen", False)), dropout=float(cfg.get("lora_dropout") or 0.0))
+        apply_dylora(
+            model,
+            new,
+            r=r,
+            alpha=alpha,
+            r_min=int(extra.get("r_min", 1)),
+            frozen=bool(extra.get("frozen", False)),
+            dropout=float(cfg.get("lora_dropout") or 0.0),
+        )
 
     def stacked(names, t, batch_shape):
         return np.stack([np.asarray(sd[f"{names[i]}.{t}.weight"], np.float32) for i in np.ndindex(*batch_shape)])

@@ -56,8 +56,17 @@ class CausalLM(SortedModel, Protocol):
     def init_cache(self, batch: int, length: int) -> KVCache:
         """An empty cache of ``length`` slots per row."""
 
-    def forward_cached(self, tokens_BxT: jax.Array, cache: KVCache, *, start, positions_BxT: jax.Array,
-                       exit_layer=None, hook=None, hook_state=None):
+    def forward_cached(
+        self,
+        tokens_BxT: jax.Array,
+        cache: KVCache,
+        *,
+        start,
+        positions_BxT: jax.Array,
+        exit_layer=None,
+        hook=None,
+        hook_state=None,
+    ):
         """Run ``T`` tokens written at cache slots ``start..`` through the first ``exit_layer``
         layers: ``(h_BxTxD, cache)`` (``+ (hook_state,)`` with a hook, see
         :class:`sortedjax.nn.LayerStack`)."""

@@ -46,9 +46,7 @@ RULES: dict[str, str | tuple[str, ...] | None] = {
 def param(value: jax.Array, names: Sequence[str | None]) -> nnx.Param:
     """An ``nnx.Param`` annotated with logical axis names (no eager placement)."""
     if len(names) != np.ndim(value):
-        raise ValueError(
-            f"logical names {tuple(names)} do not match parameter shape {np.shape(value)}"
-        )
+        raise ValueError(f"logical names {tuple(names)} do not match parameter shape {np.shape(value)}")
     return nnx.Param(value, out_sharding=tuple(names), eager_sharding=False)
 
 
@@ -156,9 +154,11 @@ def logical_to_spec(
         if shape is not None and mesh is not None and axes_t:
             size = math.prod(mesh.shape[a] for a in axes_t)
             if shape[i] % size:
-                warnings.warn(f"dimension {i} ({name!r}, size {shape[i]}) of an array of shape {tuple(shape)} is not "
-                              f"divisible by mesh axes {axes_t} (size {size}): replicated instead of sharded",
-                              stacklevel=2)
+                warnings.warn(
+                    f"dimension {i} ({name!r}, size {shape[i]}) of an array of shape {tuple(shape)} is not "
+                    f"divisible by mesh axes {axes_t} (size {size}): replicated instead of sharded",
+                    stacklevel=2,
+                )
                 axes_t = ()
         used.update(axes_t)
         out.append(None if not axes_t else axes_t[0] if len(axes_t) == 1 else axes_t)

@@ -72,8 +72,13 @@ def response_positions(mask_BxL: jax.Array, response_len: int):
 
 
 def exit_losses(
-    model, batch: dict, exits: Sequence[int], *, own_heads: bool = False,
-    response_len: int | None = None, remat: bool = True,
+    model,
+    batch: dict,
+    exits: Sequence[int],
+    *,
+    own_heads: bool = False,
+    response_len: int | None = None,
+    remat: bool = True,
 ) -> jax.Array:
     """Mean response-token cross entropy at each exit, shape ``(E,)``.
 

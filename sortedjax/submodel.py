@@ -86,13 +86,9 @@ def _probs(support: tuple[int, ...], distribution: str, p: float | None, weights
     elif distribution == "weights":
         w = np.asarray(weights, np.float64)
         if w.shape != (n,) or np.any(w < 0) or not np.isfinite(w).all() or w.sum() <= 0:
-            raise ValueError(
-                f"weights must be {n} finite non-negative numbers with a positive sum, got {weights}"
-            )
+            raise ValueError(f"weights must be {n} finite non-negative numbers with a positive sum, got {weights}")
     else:
-        raise ValueError(
-            f"unknown distribution {distribution!r}; allowed: 'uniform', 'geometric', 'weights'"
-        )
+        raise ValueError(f"unknown distribution {distribution!r}; allowed: 'uniform', 'geometric', 'weights'")
     return w / w.sum()
 
 
@@ -192,9 +188,7 @@ class Pool:
             out = {}
             for k, name in zip(keys, self.names):
                 d = self.dims[name]
-                out[name] = jax.random.choice(
-                    k, jnp.asarray(d.support, jnp.int32), p=jnp.asarray(d.probs, jnp.float32)
-                )
+                out[name] = jax.random.choice(k, jnp.asarray(d.support, jnp.int32), p=jnp.asarray(d.probs, jnp.float32))
             return SubModel(**out)
         i = jax.random.choice(key, len(self._configs), p=jnp.asarray(self._config_probs, jnp.float32))
         row = jnp.asarray(self._configs)[i]

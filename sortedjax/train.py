@@ -105,7 +105,9 @@ def make_schedule(cfg: TrainConfig) -> optax.Schedule:
             [cfg.warmup_steps],
         )
     # cosine / warmup_cosine
-    return optax.warmup_cosine_decay_schedule(0.0 if cfg.warmup_steps else lr, lr, cfg.warmup_steps, cfg.warmup_steps + decay, end)
+    return optax.warmup_cosine_decay_schedule(
+        0.0 if cfg.warmup_steps else lr, lr, cfg.warmup_steps, cfg.warmup_steps + decay, end
+    )
 
 
 def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:

@@ -16,8 +16,8 @@ __all__ = sorted(_LAZY)
 
 
 def __getattr__(name):
-  if name in _LAZY:
-    import importlib
+    if name in _LAZY:
+        import importlib
 
-    return getattr(importlib.import_module(_LAZY[name]), name)
-  raise AttributeError(f"module 'symreg' has no attribute {name!r}")
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'symreg' has no attribute {name!r}")

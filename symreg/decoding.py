@@ -54,9 +54,7 @@ class SamplingConfig:
         return {"temperature": self.temperature, "top_k": 0, "top_p": self.top_p}
 
 
-@functools.partial(
-    jax.jit, static_argnames=("graphdef", "n_samples", "sampling", "start_id", "end_id", "pad_id")
-)
+@functools.partial(jax.jit, static_argnames=("graphdef", "n_samples", "sampling", "start_id", "end_id", "pad_id"))
 def _generate(graphdef, state, points, mask, key, *, n_samples, sampling, start_id, end_id, pad_id):
     model = nnx.merge(graphdef, state)
     cfg = model.cfg
@@ -100,8 +98,16 @@ def sample_skeletons(
     """Token ids ``B x n_samples x max_len`` (start token first, pad after the end token)."""
     graphdef, state = nnx.split(model)
     out = _generate(
-        graphdef, state, jnp.asarray(points_BxNxF), jnp.asarray(mask_BxN), key,
-        n_samples=n_samples, sampling=sampling, start_id=start_id, end_id=end_id, pad_id=pad_id,
+        graphdef,
+        state,
+        jnp.asarray(points_BxNxF),
+        jnp.asarray(mask_BxN),
+        key,
+        n_samples=n_samples,
+        sampling=sampling,
+        start_id=start_id,
+        end_id=end_id,
+        pad_id=pad_id,
     )
     return np.asarray(out)
 
@@ -117,8 +123,16 @@ class NeuralCandidateSource:
     subsampled at random) and returns the distinct ones that parse, in order of first draw.
     """
 
-    def __init__(self, model, tokenizer, n_samples: int = 50, sampling: SamplingConfig = SamplingConfig(),
-                 max_points: int = 512, seed: int = 0, check_valid: bool = True):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        n_samples: int = 50,
+        sampling: SamplingConfig = SamplingConfig(),
+        max_points: int = 512,
+        seed: int = 0,
+        check_valid: bool = True,
+    ):
         self.model, self.tokenizer = model, tokenizer
         self.n_samples, self.sampling, self.max_points = n_samples, sampling, max_points
         self.check_valid = check_valid
@@ -156,8 +170,17 @@ class NeuralCandidateSource:
         points, mask = make_points(insts, self.model.cfg.max_vars, n_points=n_pts)
         self._key, key = jax.random.split(self._key)
         tok = self.tokenizer
-        ids = sample_skeletons(self.model, points, mask, key, n_samples=n, sampling=self.sampling,
-                               start_id=tok.start_id, end_id=tok.end_id, pad_id=tok.pad_id)
+        ids = sample_skeletons(
+            self.model,
+            points,
+            mask,
+            key,
+            n_samples=n,
+            sampling=self.sampling,
+            start_id=tok.start_id,
+            end_id=tok.end_id,
+            pad_id=tok.pad_id,
+        )
         out = []
         for rows in ids:
             seen: dict[str, None] = {}

@@ -60,9 +60,7 @@ class ModelConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"ModelConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.embed % self.n_heads:
-            raise ValueError(
-                f"ModelConfig.embed ({self.embed}) must be divisible by n_heads ({self.n_heads})"
-            )
+            raise ValueError(f"ModelConfig.embed ({self.embed}) must be divisible by n_heads ({self.n_heads})")
         if not 0 <= self.pad_id < self.vocab_size:
             raise ValueError(f"ModelConfig.pad_id must be in [0, vocab_size), got {self.pad_id}")
 
@@ -140,10 +138,19 @@ class Block(nnx.Module):
         e, res = cfg.embed, fan_in_init(1.0 / (2 * cfg.n_layers), n_in=2)
         self.ln1 = nn.LayerNorm(e, eps=LN_EPS)
         self.ln2 = nn.LayerNorm(e, eps=LN_EPS)
-        self.attn = nn.Attention(e, cfg.n_heads, use_bias=True, causal=True, rope=None,
-                                 kernel_init=fan_in_init(), out_init=res, rngs=rngs)
-        self.mlp = nn.MLP(e, cfg.mlp_ratio * e, activation="gelu_tanh", gated=False, use_bias=True,
-                          kernel_init=fan_in_init(), out_init=fan_in_init(1.0 / (2 * cfg.n_layers)), rngs=rngs)
+        self.attn = nn.Attention(
+            e, cfg.n_heads, use_bias=True, causal=True, rope=None, kernel_init=fan_in_init(), out_init=res, rngs=rngs
+        )
+        self.mlp = nn.MLP(
+            e,
+            cfg.mlp_ratio * e,
+            activation="gelu_tanh",
+            gated=False,
+            use_bias=True,
+            kernel_init=fan_in_init(),
+            out_init=fan_in_init(1.0 / (2 * cfg.n_layers)),
+            rngs=rngs,
+        )
 
     def __call__(self, x_BxTxE, *, mask=None, cache=None, layer=None, start=None):
         """``x_BxTxE`` -> same; with ``cache`` (and its ``mask``) also the updated cache."""

@@ -96,4 +96,3 @@ def train_symbolicgpt(model_cfg: ModelConfig, arrays: dict, train_cfg, *, batch_
     model = SymbolicGPT(model_cfg, rngs=nnx.Rngs(train_cfg.seed))
     data = LengthBuckets(arrays, batch_size, seed=train_cfg.seed, pad_id=model_cfg.pad_id)
     return train(model, make_loss_fn(model_cfg.pad_id), data, train_cfg, mesh=mesh)
-

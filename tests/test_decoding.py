@@ -6,17 +6,18 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from test_llama import save_hf
 
 from sortedjax import decoding
 from sortedjax.models import llama
-
-from test_llama import save_hf
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt")
-    ref = save_hf(path, num_hidden_layers=4, vocab_size=64, rope_parameters={"rope_type": "default", "rope_theta": 100.0})
+    ref = save_hf(
+        path, num_hidden_layers=4, vocab_size=64, rope_parameters={"rope_type": "default", "rope_theta": 100.0}
+    )
     return path, ref, llama.from_pretrained(str(path))
 
 
@@ -31,9 +32,15 @@ def left_padded(pad=0):
 
 def hf_greedy(ref, tokens, mask, max_new, eos):
     with torch.no_grad():
-        out = ref.generate(torch.tensor(tokens), attention_mask=torch.tensor(mask), do_sample=False,
-                           max_new_tokens=max_new, pad_token_id=0, eos_token_id=eos)
-    new = out[:, tokens.shape[1]:].numpy()
+        out = ref.generate(
+            torch.tensor(tokens),
+            attention_mask=torch.tensor(mask),
+            do_sample=False,
+            max_new_tokens=max_new,
+            pad_token_id=0,
+            eos_token_id=eos,
+        )
+    new = out[:, tokens.shape[1] :].numpy()
     return np.pad(new, ((0, 0), (0, max_new - new.shape[1])), constant_values=0)
 
 
@@ -56,8 +63,10 @@ def test_right_padding_equals_left_padding(ckpt):
     right = np.array([p + [0] * (P - len(p)) for p in PROMPTS])
     rmask = (right != 0) | (np.arange(P)[None] < np.array(list(map(len, PROMPTS)))[:, None])
     left, lmask = left_padded()
-    np.testing.assert_array_equal(decoding.generate(model, right, attention_mask=rmask, max_new_tokens=8),
-                                  decoding.generate(model, left, attention_mask=lmask, max_new_tokens=8))
+    np.testing.assert_array_equal(
+        decoding.generate(model, right, attention_mask=rmask, max_new_tokens=8),
+        decoding.generate(model, left, attention_mask=lmask, max_new_tokens=8),
+    )
 
 
 @pytest.mark.parametrize("exit_layer", [2, 4])
@@ -67,8 +76,8 @@ def test_kv_cache_equals_full_recomputation(ckpt, exit_layer):
     tokens, logits = decoding.generate(model, prompt, max_new_tokens=7, exit_layer=exit_layer, return_logits=True)
     seq = np.concatenate([prompt, tokens], axis=1)
     full = model(jnp.asarray(seq), exit_layer=exit_layer)
-    np.testing.assert_allclose(logits, full[:, prompt.shape[1] - 1:-1], atol=1e-4, rtol=1e-4)
-    np.testing.assert_array_equal(tokens, np.argmax(full[:, prompt.shape[1] - 1:-1], -1))
+    np.testing.assert_allclose(logits, full[:, prompt.shape[1] - 1 : -1], atol=1e-4, rtol=1e-4)
+    np.testing.assert_array_equal(tokens, np.argmax(full[:, prompt.shape[1] - 1 : -1], -1))
 
 
 def test_exit_generation_equals_exported_submodel_in_transformers(ckpt, tmp_path):
@@ -76,8 +85,10 @@ def test_exit_generation_equals_exported_submodel_in_transformers(ckpt, tmp_path
     llama.save_pretrained(model, tmp_path, num_layers=2)
     sub = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     tokens, mask = left_padded()
-    np.testing.assert_array_equal(decoding.generate(model, tokens, attention_mask=mask, max_new_tokens=8, exit_layer=2),
-                                  hf_greedy(sub, tokens, mask, 8, eos=63))
+    np.testing.assert_array_equal(
+        decoding.generate(model, tokens, attention_mask=mask, max_new_tokens=8, exit_layer=2),
+        hf_greedy(sub, tokens, mask, 8, eos=63),
+    )
 
 
 def test_prefill_and_step_compile_once(ckpt):
@@ -85,8 +96,12 @@ def test_prefill_and_step_compile_once(ckpt):
     prompt = np.array([[5, 9, 33, 7], [1, 2, 3, 4]])
     decoding.generate(model, prompt, max_new_tokens=5)
     sizes = decoding._prefill._cache_size(), decoding._step._cache_size()
-    for kw in (dict(exit_layer=1), dict(exit_layer=3, temperature=0.7, top_k=5),
-               dict(temperature=1.3, top_p=0.8, seed=3), dict(exit_layer=2, stop_tokens=(4,))):
+    for kw in (
+        dict(exit_layer=1),
+        dict(exit_layer=3, temperature=0.7, top_k=5),
+        dict(temperature=1.3, top_p=0.8, seed=3),
+        dict(exit_layer=2, stop_tokens=(4,)),
+    ):
         decoding.generate(model, prompt + 1, max_new_tokens=5, **kw)
     assert (decoding._prefill._cache_size(), decoding._step._cache_size()) == sizes
 
@@ -117,8 +132,9 @@ def test_self_speculative_greedy_equals_plain_greedy(ckpt, draft_exit, num_draft
     _, _, model = ckpt
     tokens, mask = left_padded()
     plain = decoding.generate(model, tokens, attention_mask=mask, max_new_tokens=11)
-    spec, stats = decoding.speculative_generate(model, tokens, attention_mask=mask, max_new_tokens=11,
-                                                draft_exit=draft_exit, num_draft=num_draft)
+    spec, stats = decoding.speculative_generate(
+        model, tokens, attention_mask=mask, max_new_tokens=11, draft_exit=draft_exit, num_draft=num_draft
+    )
     np.testing.assert_array_equal(spec, plain)
     assert stats["verifies"] <= 10
 
@@ -151,8 +167,9 @@ def test_confidence_early_exit(ckpt):
     # layers 1..2 see an exact cache, so this is exit-2 decoding of prompt + first token
     always, used = decoding.early_exit_generate(model, tokens, exits=(2, 3), threshold=0.0, **kw)
     longer = np.concatenate([tokens, always[:, :1]], 1)
-    exit2 = decoding.generate(model, longer, attention_mask=np.pad(mask, ((0, 0), (0, 1)), constant_values=1),
-                           max_new_tokens=7, exit_layer=2)
+    exit2 = decoding.generate(
+        model, longer, attention_mask=np.pad(mask, ((0, 0), (0, 1)), constant_values=1), max_new_tokens=7, exit_layer=2
+    )
     np.testing.assert_array_equal(always[:, 1:], exit2)
     assert (used[:, 1:] == 2).all()
     mid, used = decoding.early_exit_generate(model, tokens, exits=(1, 2, 3), threshold=0.05, **kw)

@@ -11,13 +11,12 @@ import pytest
 import torch
 import transformers
 from flax import nnx
+from test_llama import save_hf, torch_logits
 
 from sortedjax import nn, objectives
 from sortedjax.extract import extract
 from sortedjax.models import llama
 from sortedjax.submodel import Dim, Pool, SubModel, check_sizes
-
-from test_llama import save_hf, torch_logits
 
 
 # -- a user's own model, ~30 lines ------------------------------------------------------------
@@ -56,8 +55,11 @@ class Net(nnx.Module):
         return NetConfig(width=s.get("width", self.cfg.width), depth=s.get("depth", self.cfg.depth))
 
     def axis_sizes(self, s):
-        return {"embed": s.get("width", self.cfg.width), "mlp": 2 * s.get("width", self.cfg.width),
-                "layers": s.get("depth", self.cfg.depth)}
+        return {
+            "embed": s.get("width", self.cfg.width),
+            "mlp": 2 * s.get("width", self.cfg.width),
+            "layers": s.get("depth", self.cfg.depth),
+        }
 
 
 def test_own_model_trains_twenty_sampled_submodels_with_one_compilation():
@@ -98,7 +100,9 @@ def test_extracted_own_model_equals_masked_model():
     for sizes in ({"width": 7, "depth": 2}, {"width": 16, "depth": 1}, {"width": 1, "depth": 3}):
         small = extract(model, SubModel.of(**sizes))
         assert small.cfg == NetConfig(**sizes) and small.blocks.layers.mlp.up.kernel.shape[1:] == (
-            sizes["width"], 2 * sizes["width"])
+            sizes["width"],
+            2 * sizes["width"],
+        )
         np.testing.assert_allclose(small(x), model(x, SubModel.of(**sizes)), atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="width 17 outside the allowed range 1..16"):
         extract(model, SubModel.of(width=17))
@@ -118,15 +122,24 @@ def test_llama_submodel_export_loads_in_transformers_with_equal_logits(tmp_path,
     cfg = json.loads((tmp_path / "sub" / "config.json").read_text())
     assert cfg["num_hidden_layers"] == sizes.get("depth", 3)
     assert cfg["intermediate_size"] == sizes.get("width", 64)
-    assert (cfg["num_attention_heads"], cfg["num_key_value_heads"]) == (sizes.get("heads", 4), sizes.get("heads", 4) // 2)
+    assert (cfg["num_attention_heads"], cfg["num_key_value_heads"]) == (
+        sizes.get("heads", 4),
+        sizes.get("heads", 4) // 2,
+    )
     ref = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "sub").eval()
     assert sum(p.numel() for p in ref.parameters()) == sum(x.size for x in jax.tree.leaves(nnx.state(small)))
     np.testing.assert_allclose(torch_logits(ref, tokens), masked, atol=1e-4, rtol=1e-4)
 
 
 def test_llama_heads_must_keep_whole_kv_groups_to_extract(tmp_path):
-    cfg = llama.LlamaConfig(vocab_size=11, hidden_size=16, intermediate_size=8, num_hidden_layers=2,
-                            num_attention_heads=4, num_key_value_heads=2)
+    cfg = llama.LlamaConfig(
+        vocab_size=11,
+        hidden_size=16,
+        intermediate_size=8,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
     model = llama.Llama(cfg, rngs=nnx.Rngs(0))
     model(jnp.zeros((1, 3), jnp.int32), sub=SubModel.of(heads=3))  # the masked model runs any prefix
     with pytest.raises(ValueError, match="heads must be a multiple of 2"):

@@ -123,8 +123,15 @@ def test_post_init_error_is_a_parser_error(capsys):
     assert "error: arguments --batch-size, --grad-accum: batch_size 10 must be divisible by grad_accum 4" in err
 
 
-@pytest.mark.parametrize("module, cls", [("experiments.soft", "SoftExperiment"), ("experiments.export", "ExportConfig"),
-                                         ("experiments.sorting_order", "Config"), ("experiments.symbolicgpt", "Config")])
+@pytest.mark.parametrize(
+    "module, cls",
+    [
+        ("experiments.soft", "SoftExperiment"),
+        ("experiments.export", "ExportConfig"),
+        ("experiments.sorting_order", "Config"),
+        ("experiments.symbolicgpt", "Config"),
+    ],
+)
 def test_every_experiment_flag_is_documented(module, cls):
     config_cls = getattr(importlib.import_module(module), cls)
     parser = flags.parser_for(config_cls, importlib.import_module(module).__doc__)

@@ -8,11 +8,10 @@ import pytest
 import torch
 import transformers
 from flax import nnx
+from test_llama import save_hf, torch_logits
 
 from sortedjax import hf
 from sortedjax.models import llama
-
-from test_llama import save_hf, torch_logits
 
 
 def test_sharded_index_loads_same_as_single_file(tmp_path):
@@ -21,8 +20,9 @@ def test_sharded_index_loads_same_as_single_file(tmp_path):
     assert (tmp_path / "many" / hf.INDEX).is_file()
     assert len(set(json.loads((tmp_path / "many" / hf.INDEX).read_text())["weight_map"].values())) > 1
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, 97, (1, 9)))
-    np.testing.assert_array_equal(llama.from_pretrained(str(tmp_path / "many"))(tokens),
-                                  llama.from_pretrained(str(tmp_path / "one"))(tokens))
+    np.testing.assert_array_equal(
+        llama.from_pretrained(str(tmp_path / "many"))(tokens), llama.from_pretrained(str(tmp_path / "one"))(tokens)
+    )
 
 
 @pytest.mark.parametrize("tied", [False, True])
@@ -35,8 +35,9 @@ def test_exit_n_equals_exported_n_layer_checkpoint_in_transformers(tmp_path, tie
         assert json.loads((tmp_path / f"sub{n}" / "config.json").read_text())["num_hidden_layers"] == n
         sub = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / f"sub{n}").eval()
         assert sub.config.num_hidden_layers == n and sub.config.tie_word_embeddings == tied
-        np.testing.assert_allclose(model(jnp.asarray(tokens), exit_layer=n), torch_logits(sub, tokens),
-                                   atol=1e-4, rtol=1e-4)
+        np.testing.assert_allclose(
+            model(jnp.asarray(tokens), exit_layer=n), torch_logits(sub, tokens), atol=1e-4, rtol=1e-4
+        )
         # the round trip through our loader is exact
         back = llama.from_pretrained(str(tmp_path / f"sub{n}"))
         np.testing.assert_allclose(back(jnp.asarray(tokens)), model(jnp.asarray(tokens), exit_layer=n), atol=1e-6)
@@ -110,8 +111,10 @@ def test_bad_checkpoints_name_what_is_wrong(tmp_path):
     with pytest.raises(KeyError, match="lm_head.weight"):
         llama.from_pretrained(str(tmp_path / "tied"))
 
-    model = llama.Llama(llama.LlamaConfig(vocab_size=8, hidden_size=8, intermediate_size=8,
-                                          num_hidden_layers=2, num_attention_heads=2), rngs=nnx.Rngs(0))
+    model = llama.Llama(
+        llama.LlamaConfig(vocab_size=8, hidden_size=8, intermediate_size=8, num_hidden_layers=2, num_attention_heads=2),
+        rngs=nnx.Rngs(0),
+    )
     with pytest.raises(ValueError, match=r"depth 3 outside the allowed range 1\.\.2"):
         llama.save_pretrained(model, tmp_path / "x", num_layers=3)
 

@@ -15,7 +15,9 @@ def task():
 
 @pytest.fixture(scope="module")
 def tok(task):
-    return idata.build_tokenizer(idata.builtin_corpus(task, num_docs=50) + [e.prompt + " " + e.output for e in task.train + task.eval])
+    return idata.build_tokenizer(
+        idata.builtin_corpus(task, num_docs=50) + [e.prompt + " " + e.output for e in task.train + task.eval]
+    )
 
 
 def test_alpaca_template():
@@ -27,7 +29,10 @@ def test_alpaca_template():
 
 
 def test_load_alpaca_json_and_parquet(tmp_path):
-    rows = [{"instruction": "Say hi", "input": "", "output": "hi"}, {"instruction": "Add", "input": "1 2", "output": "3"}]
+    rows = [
+        {"instruction": "Say hi", "input": "", "output": "hi"},
+        {"instruction": "Add", "input": "1 2", "output": "3"},
+    ]
     js = tmp_path / "a.json"
     js.write_text(json.dumps(rows))
     ex = idata.load_alpaca(str(js))

@@ -11,14 +11,29 @@ from flax import nnx
 from sortedjax import sharding
 from sortedjax.models import llama
 
-LLAMA3 = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
-          "high_freq_factor": 4.0, "original_max_position_embeddings": 8}
+LLAMA3 = {
+    "rope_type": "llama3",
+    "rope_theta": 500000.0,
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 8,
+}
 
 
 def save_hf(tmp_path, seed=0, **kw):
-    base = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    base = dict(
+        vocab_size=97,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
     base.update(kw)
     torch.manual_seed(seed)
     model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**base)).eval()
@@ -95,12 +110,18 @@ def test_layers_past_exit_are_not_computed(tmp_path):
 
 
 def test_sharded_load_equals_single_device(tmp_path):
-    save_hf(tmp_path, hidden_size=64, intermediate_size=128, num_attention_heads=8, num_key_value_heads=4, vocab_size=96)
+    save_hf(
+        tmp_path, hidden_size=64, intermediate_size=128, num_attention_heads=8, num_key_value_heads=4, vocab_size=96
+    )
     mesh = sharding.make_mesh("data:1,fsdp:4,tensor:2")
     sharded = llama.from_pretrained(str(tmp_path), mesh=mesh)
-    assert sharded.layers.layers.mlp.gate.kernel[...].sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
+    assert sharded.layers.layers.mlp.gate.kernel[...].sharding.spec == jax.sharding.PartitionSpec(
+        None, "fsdp", "tensor"
+    )
     tokens = jnp.asarray(np.random.default_rng(4).integers(0, 96, (2, 8)))
-    np.testing.assert_allclose(sharded(tokens, exit_layer=2), llama.from_pretrained(str(tmp_path))(tokens, exit_layer=2), atol=1e-5)
+    np.testing.assert_allclose(
+        sharded(tokens, exit_layer=2), llama.from_pretrained(str(tmp_path))(tokens, exit_layer=2), atol=1e-5
+    )
 
 
 def test_bfloat16_close_to_float32(tmp_path):
@@ -127,12 +148,14 @@ def test_bad_config_values():
     with pytest.raises(ValueError, match="num_key_value_heads"):
         llama.LlamaConfig(num_attention_heads=4, num_key_value_heads=3, hidden_size=32)
     with pytest.raises(ValueError, match="yarn"):
-        llama.LlamaConfig.from_hf({"hidden_size": 32, "num_attention_heads": 4,
-                                   "rope_parameters": {"rope_type": "yarn", "rope_theta": 1.0}})
+        llama.LlamaConfig.from_hf(
+            {"hidden_size": 32, "num_attention_heads": 4, "rope_parameters": {"rope_type": "yarn", "rope_theta": 1.0}}
+        )
     with pytest.raises(ValueError, match="dtype"):
         llama.LlamaConfig(dtype="float16")
-    cfg = llama.LlamaConfig(vocab_size=10, hidden_size=16, intermediate_size=16, num_hidden_layers=2,
-                            num_attention_heads=2)
+    cfg = llama.LlamaConfig(
+        vocab_size=10, hidden_size=16, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2
+    )
     model = llama.Llama(cfg, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"depth 3 outside the allowed range 1\.\.2"):
         model(jnp.zeros((1, 3), jnp.int32), exit_layer=3)

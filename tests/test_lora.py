@@ -15,8 +15,14 @@ from sortedjax.models.mlp import MLPConfig, SortedMLP
 from sortedjax.submodel import Pool, SubModel
 from sortedjax.train import TrainConfig, make_train_step, train
 
-CFG = dict(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-           num_key_value_heads=2)
+CFG = dict(
+    vocab_size=50,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+)
 TOKENS = jnp.asarray(np.random.default_rng(0).integers(0, 50, (2, 8)))
 
 
@@ -73,8 +79,9 @@ def test_every_rank_equals_merged_model_and_formula():
     x = jax.random.normal(jax.random.PRNGKey(7), (3, 5, 32))
     W, down, up = (np.asarray(v[...][0]) for v in (model.layers.layers.attn.q.kernel, q.down, q.up))
     for b in range(1, 5):
-        want = np.einsum("bti,ihk->bthk", x, W) + (8.0 / b) * (
-            np.asarray(x) @ down[:b].T @ up[:, :b].T).reshape(3, 5, 4, 8)
+        want = np.einsum("bti,ihk->bthk", x, W) + (8.0 / b) * (np.asarray(x) @ down[:b].T @ up[:, :b].T).reshape(
+            3, 5, 4, 8
+        )
         np.testing.assert_allclose(layer0(x, rank=b), want, atol=1e-5, rtol=1e-5)
 
 
@@ -82,7 +89,10 @@ def test_multi_axis_inputs_and_outputs_merge():
     """o (2 input axes: heads x head_dim), down (mlp) and the unstacked lm_head."""
     model = tiny_llama()
     assert lora.apply_dylora(model, r".*(attn\.o|mlp\.down|lm_head)", r=3, alpha=6.0) == [
-        "layers.layers.attn.o", "layers.layers.mlp.down", "lm_head"]
+        "layers.layers.attn.o",
+        "layers.layers.mlp.down",
+        "lm_head",
+    ]
     o = model.layers.layers.attn.o.lora
     assert o.down.shape == (2, 3, 32) and o.down.get_metadata()["out_sharding"] == ("layers", "rank", "heads")
     assert model.lm_head.lora.down.shape == (3, 32)
@@ -91,8 +101,12 @@ def test_multi_axis_inputs_and_outputs_merge():
     for b in (1, 3):  # Llama calls lm_head without a rank, so its adapter always runs at r_max
         merged = lora.merge(model, b)
         merged.lm_head.kernel[...] = lora.merge(model, 3).lm_head.kernel[...]
-        np.testing.assert_allclose(model(TOKENS, sub=SubModel.of(rank=b, **sizes)),
-                                   merged(TOKENS, sub=SubModel.of(**sizes)), atol=1e-5, rtol=1e-5)
+        np.testing.assert_allclose(
+            model(TOKENS, sub=SubModel.of(rank=b, **sizes)),
+            merged(TOKENS, sub=SubModel.of(**sizes)),
+            atol=1e-5,
+            rtol=1e-5,
+        )
 
 
 def test_bad_targets_and_ranks():
@@ -194,10 +208,17 @@ def test_train_updates_only_adapters_sharded_equals_single_device(tmp_path):
     before_base, before_lora = base_arrays(model), lora_arrays(nnx.state(model))
     runs = []
     for mesh in (None, "fsdp:2,tensor:2"):
-        cfg = TrainConfig(workdir=str(tmp_path / str(mesh)), steps=2, learning_rate=0.05, progress=False,
-                          log_every=1, donate=False)
-        out = train(model, loss_fn, lambda step: batch, cfg, trainable=lora.LoRAParam,
-                    mesh=None if mesh is None else sharding.make_mesh(mesh))
+        cfg = TrainConfig(
+            workdir=str(tmp_path / str(mesh)), steps=2, learning_rate=0.05, progress=False, log_every=1, donate=False
+        )
+        out = train(
+            model,
+            loss_fn,
+            lambda step: batch,
+            cfg,
+            trainable=lora.LoRAParam,
+            mesh=None if mesh is None else sharding.make_mesh(mesh),
+        )
         runs.append((out.history, base_arrays(out.model), lora_arrays(nnx.state(out.model))))
     (hist, after_base, after_lora), (hist8, _, lora8) = runs
     assert before_base.keys() == after_base.keys() and len(before_base) > 10
@@ -243,8 +264,7 @@ def test_dropout_inside_layer_stack():
 
 def test_sorted_mlp_adapters_equal_merged_and_formula():
     model = SortedMLP(MLPConfig(in_dim=5, hidden=12, out_dim=3, num_blocks=2), rngs=nnx.Rngs(0))
-    assert lora.apply_dylora(model, ["inp", "dense", "out"], r=4, alpha=2.0) == [
-        "blocks.layers.dense", "inp", "out"]
+    assert lora.apply_dylora(model, ["inp", "dense", "out"], r=4, alpha=2.0) == ["blocks.layers.dense", "inp", "out"]
     assert model.blocks.layers.dense.lora.down.shape == (2, 4, 12)
     randomize_up(model)
     x = jax.random.normal(jax.random.PRNGKey(1), (7, 5))
@@ -265,12 +285,14 @@ def test_sorted_mlp_adapters_equal_merged_and_formula():
     np.testing.assert_allclose(lora.merge(model)(x), want, atol=1e-5, rtol=1e-5)
     for b in (1, 2):  # the model passes sub.rank to every Linear
         lin = model.inp
-        want_b = x @ lin.kernel[...] + lin.bias[...] + (2.0 / b) * (
-            x @ lin.lora.down[...][:b].T @ lin.lora.up[...][:, :b].T)
+        want_b = (
+            x @ lin.kernel[...] + lin.bias[...] + (2.0 / b) * (x @ lin.lora.down[...][:b].T @ lin.lora.up[...][:, :b].T)
+        )
         np.testing.assert_allclose(lin(x, rank=b), want_b, atol=1e-5, rtol=1e-5)
         np.testing.assert_allclose(lora.merge(model, b).inp(x), want_b, atol=1e-5, rtol=1e-5)
-        np.testing.assert_allclose(model(x, SubModel.of(rank=b, width=7)), lora.merge(model, b)(x, SubModel.of(width=7)),
-                                   atol=1e-5, rtol=1e-5)
+        np.testing.assert_allclose(
+            model(x, SubModel.of(rank=b, width=7)), lora.merge(model, b)(x, SubModel.of(width=7)), atol=1e-5, rtol=1e-5
+        )
     with pytest.raises(ValueError, match="rank 5 outside the allowed range 1..4"):
         model(x, SubModel.of(rank=5))
 
@@ -312,5 +334,8 @@ def test_peft_loads_our_adapter(tmp_path):
     np.testing.assert_allclose(again(jnp.asarray(tokens)), ours, atol=1e-6)
     back = llama.from_pretrained(str(tmp_path / "base"))
     assert lora_files.load_adapter(back, tmp_path / "adapter") == paths
-    np.testing.assert_allclose(back(jnp.asarray(tokens), sub=SubModel.of(rank=2)),
-                               model(jnp.asarray(tokens), sub=SubModel.of(rank=2)), atol=1e-6)
+    np.testing.assert_allclose(
+        back(jnp.asarray(tokens), sub=SubModel.of(rank=2)),
+        model(jnp.asarray(tokens), sub=SubModel.of(rank=2)),
+        atol=1e-6,
+    )

@@ -65,8 +65,7 @@ def test_lora_rank_equals_merged_and_sliced():
     for b in range(1, 6):
         got = layer(x, rank=b)
         np.testing.assert_allclose(got, lora.merge(holder, b).lin(x), atol=1e-6, rtol=1e-6)
-        dense = x @ layer.kernel[...] + layer.bias[...] + (2.0 / b) * (
-            x @ a.down[...][:b].T @ a.up[...][:, :b].T)
+        dense = x @ layer.kernel[...] + layer.bias[...] + (2.0 / b) * (x @ a.down[...][:b].T @ a.up[...][:, :b].T)
         np.testing.assert_allclose(got, dense, atol=1e-6, rtol=1e-6)
     # fresh adapter (W_up = 0) is the base layer at every rank
     fresh = _One(nnx.Rngs(0))

@@ -116,8 +116,9 @@ def test_mlp_hidden_and_embed_prefixes():
 
 def _small_attention(big, h, rope=None):
     r = big.group_size
-    small = nn.Attention(big.q.in_shape[0], h, num_kv_heads=h // r, head_dim=big.head_dim, use_bias=True,
-                         rope=rope, rngs=nnx.Rngs(1))
+    small = nn.Attention(
+        big.q.in_shape[0], h, num_kv_heads=h // r, head_dim=big.head_dim, use_bias=True, rope=rope, rngs=nnx.Rngs(1)
+    )
     for name, n in (("q", h), ("k", h // r), ("v", h // r)):
         getattr(small, name).kernel[...] = getattr(big, name).kernel[...][:, :n]
         getattr(small, name).bias[...] = getattr(big, name).bias[...][:n]
@@ -127,8 +128,9 @@ def _small_attention(big, h, rope=None):
 
 @pytest.mark.parametrize("causal,rope", [(True, nn.RoPE(4)), (False, None)])
 def test_attention_kept_heads_equal_sliced_attention(causal, rope):
-    big = randomize(nn.Attention(8, 6, num_kv_heads=3, head_dim=4, use_bias=True, rope=rope, causal=causal,
-                                 rngs=nnx.Rngs(0)))
+    big = randomize(
+        nn.Attention(8, 6, num_kv_heads=3, head_dim=4, use_bias=True, rope=rope, causal=causal, rngs=nnx.Rngs(0))
+    )
     x = rand(6, (2, 5, 8))
     pos = jnp.broadcast_to(jnp.arange(5), (2, 5))
     pad = jnp.array([[True] * 5, [False, True, True, True, True]])[:, None, :]  # row 1 left-padded
@@ -148,8 +150,14 @@ def test_attention_kv_cache_chunks_equal_full_pass():
     cache = nn.KVCache.create(3, 2, 8, 2, 2)
     outs = []
     for start, stop in ((0, 4), (4, 5), (5, 6)):
-        o, cache = att(x[:, start:stop], positions=pos[:, start:stop], cache=cache, layer=1, start=start,
-                       mask=cache.attention_mask(start, stop - start))
+        o, cache = att(
+            x[:, start:stop],
+            positions=pos[:, start:stop],
+            cache=cache,
+            layer=1,
+            start=start,
+            mask=cache.attention_mask(start, stop - start),
+        )
         outs.append(o)
     np.testing.assert_allclose(jnp.concatenate(outs, 1), full, atol=2e-6, rtol=2e-6)
     assert not np.any(np.asarray(cache.k[0])) and not np.any(np.asarray(cache.k[1, :, 6:]))  # other layers/slots

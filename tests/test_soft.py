@@ -4,7 +4,6 @@ resume after an interruption, SFT+ICT trains only the heads, bad exits are named
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from flax import nnx
 
@@ -12,8 +11,15 @@ from sortedjax import sharding, soft
 from sortedjax.models import llama
 from sortedjax.train import TrainConfig, train
 
-CFG = llama.LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+CFG = llama.LlamaConfig(
+    vocab_size=50,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+)
 
 
 def batch(seed=0, B=8, L=12):
@@ -63,7 +69,8 @@ def test_soft_loss_is_mean_of_exit_losses(response_len):
     np.testing.assert_allclose([metrics[f"loss@{e}"] for e in exits], ref, rtol=1e-5)
     np.testing.assert_allclose(loss, ref.mean(), rtol=1e-5)
     sft_loss, _ = soft.make_loss(soft.SoftConfig(mode="sft", exits=exits, num_layers=4, response_len=response_len))(
-        model, jax.tree.map(jnp.asarray, b), None)
+        model, jax.tree.map(jnp.asarray, b), None
+    )
     np.testing.assert_allclose(sft_loss, ref[-1], rtol=1e-5)
 
 
@@ -88,8 +95,9 @@ def test_soft_gradient_equals_mean_of_exit_gradients():
 def _run(tmp_path, name, mesh, steps=3, data=None, mode="soft"):
     model = llama.Llama(CFG, rngs=nnx.Rngs(0))
     cfg = soft.SoftConfig(mode=mode, exits=(2, 3, 4), num_layers=4, response_len=4)
-    tc = TrainConfig(workdir=str(tmp_path / name), steps=steps, learning_rate=3e-3, checkpoint_every=100,
-                     log_every=1, progress=False)
+    tc = TrainConfig(
+        workdir=str(tmp_path / name), steps=steps, learning_rate=3e-3, checkpoint_every=100, log_every=1, progress=False
+    )
     return train(model, soft.make_loss(cfg), data or (lambda s: batch(s)), tc, mesh=mesh)
 
 
@@ -108,7 +116,9 @@ def test_sharded_step_equals_single_device(tmp_path, single_run):
     eight = _run(tmp_path, "eight", mesh)
     emb = nnx.state(eight.model, nnx.Param)["embed"]["embedding"].get_value()
     assert len(emb.sharding.device_set) == 8  # parameters really are sharded
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5), _params(one.model), _params(eight.model))
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5), _params(one.model), _params(eight.model)
+    )
     np.testing.assert_allclose([h["loss"] for h in one.history], [h["loss"] for h in eight.history], rtol=1e-5)
 
 
@@ -126,7 +136,9 @@ def test_resume_after_interruption(tmp_path, single_run):
         _run(tmp_path, "resumed", None, steps=3, data=flaky)
     again = _run(tmp_path, "resumed", None, steps=3, data=flaky)
     assert again.resumed_from == 2 and again.step == 3
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), _params(full.model), _params(again.model))
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), _params(full.model), _params(again.model)
+    )
 
 
 def test_sft_ict_changes_only_heads(tmp_path):
@@ -141,7 +153,11 @@ def test_sft_ict_changes_only_heads(tmp_path):
     tc = TrainConfig(workdir=str(tmp_path / "ict"), steps=6, learning_rate=3e-3, log_every=1, progress=False)
     res = train(model, soft.make_loss(cfg), lambda s: batch(0), tc, trainable=soft.head_filter())
     after = _params(res.model)
-    changed = {k for k in before if not all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(before[k]), jax.tree.leaves(after[k])))}
+    changed = {
+        k
+        for k in before
+        if not all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(before[k]), jax.tree.leaves(after[k])))
+    }
     assert changed == {"exit_norm", "exit_head"}
     assert res.history[-1]["loss"] < res.history[0]["loss"]
     with pytest.raises(ValueError, match="drop 4"):

@@ -10,8 +10,14 @@ from sortedjax.models import llama
 
 
 def test_kl_cosine_and_heatmap(tmp_path):
-    cfg = llama.LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                            num_attention_heads=4, exit_head_layers=(1,))
+    cfg = llama.LlamaConfig(
+        vocab_size=40,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        exit_head_layers=(1,),
+    )
     model = llama.Llama(cfg, rngs=nnx.Rngs(0))
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, 40, (2, 6)))
     att = jnp.asarray([[1] * 6, [1] * 4 + [0] * 2])

@@ -21,7 +21,12 @@ def test_bad_config_named():
 
 
 def test_table():
-    res = {"exits": [2, 4], "sft": {"exact_match": [0.0, 90.0]}, "soft": {"exact_match": [40.0, 85.0]},
-           "pairwise": {"soft_vs_sft_same_exit": [0.4, -0.05]}, "extracted": {}}
+    res = {
+        "exits": [2, 4],
+        "sft": {"exact_match": [0.0, 90.0]},
+        "soft": {"exact_match": [40.0, 85.0]},
+        "pairwise": {"soft_vs_sft_same_exit": [0.4, -0.05]},
+        "extracted": {},
+    }
     text = exp.table(res)
     assert "   2 |         0.0 |        40.0 |       +0.40" in text

@@ -15,8 +15,15 @@ from sortedjax.submodel import SubModel
 
 def test_exported_submodel_matches_transformers(tmp_path):
     tok = idata.build_tokenizer(["the capital of zorland is vell ."])
-    cfg = llama.LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    cfg = llama.LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     model = llama.Llama(cfg, rngs=nnx.Rngs(3))
     src = tmp_path / "run" / "soft" / "hf"
     llama.save_pretrained(model, str(src))
@@ -33,7 +40,9 @@ def test_exported_submodel_matches_transformers(tmp_path):
     np.testing.assert_allclose(model(jnp.asarray(tokens), exit_layer=2), want, atol=1e-4, rtol=1e-4)
 
     small = tmp_path / "small"
-    export.main(["--workdir", str(tmp_path / "run"), "--layers", "3", "--width", "40", "--heads", "2", "--out", str(small)])
+    export.main(
+        ["--workdir", str(tmp_path / "run"), "--layers", "3", "--width", "40", "--heads", "2", "--out", str(small)]
+    )
     ref = transformers.AutoModelForCausalLM.from_pretrained(str(small)).eval()
     c = ref.config
     assert (c.num_hidden_layers, c.intermediate_size, c.num_attention_heads, c.num_key_value_heads) == (3, 40, 2, 1)

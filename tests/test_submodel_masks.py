@@ -15,8 +15,12 @@ def test_prefix_mask_traced():
 
 
 def test_pool_sampling_distribution_in_jit():
-    pool = Pool({"width": Dim(support=(2, 4, 8), distribution="weights", weights=(0.2, 0.3, 0.5)),
-                 "depth": Dim.range(1, 3, distribution="geometric", p=0.5)})
+    pool = Pool(
+        {
+            "width": Dim(support=(2, 4, 8), distribution="weights", weights=(0.2, 0.3, 0.5)),
+            "depth": Dim.range(1, 3, distribution="geometric", p=0.5),
+        }
+    )
     keys = jax.random.split(jax.random.PRNGKey(0), 20000)
     subs = jax.jit(jax.vmap(pool.sample))(keys)
     w, d = np.asarray(subs.width), np.asarray(subs.depth)
@@ -39,13 +43,16 @@ def test_pool_from_configs_and_targeted():
     assert len(Pool({"width": Dim.range(1, 4), "depth": Dim(support=(1, 2))}).configs()) == 8
 
 
-@pytest.mark.parametrize("kw, msg", [
-    (dict(support=()), "non-empty"),
-    (dict(support=(0, 1)), ">= 1"),
-    (dict(support=(1, 2), distribution="geometric", p=1.5), "0 < p <= 1"),
-    (dict(support=(1, 2), distribution="zipf"), "unknown distribution"),
-    (dict(support=(1, 2), weights=(1.0,)), "weights"),
-])
+@pytest.mark.parametrize(
+    "kw, msg",
+    [
+        (dict(support=()), "non-empty"),
+        (dict(support=(0, 1)), ">= 1"),
+        (dict(support=(1, 2), distribution="geometric", p=1.5), "0 < p <= 1"),
+        (dict(support=(1, 2), distribution="zipf"), "unknown distribution"),
+        (dict(support=(1, 2), weights=(1.0,)), "weights"),
+    ],
+)
 def test_dim_bad_input(kw, msg):
     with pytest.raises(ValueError, match=msg):
         Dim(**kw)
@@ -61,10 +68,12 @@ def test_unknown_dimension():
 def test_sizes_outside_the_model_raise():
     limits = {"width": 32, "depth": 4}
     check_sizes(SubModel.of(width=32, depth=1), limits)
-    for sub, msg in [(SubModel.of(width=40), "width 40 outside the allowed range 1..32"),
-                     (SubModel.of(width=0), "width 0 outside the allowed range 1..32"),
-                     (SubModel.of(depth=5), "depth 5 outside the allowed range 1..4"),
-                     (SubModel.of(heads=2), "no sub-model dimension 'heads'")]:
+    for sub, msg in [
+        (SubModel.of(width=40), "width 40 outside the allowed range 1..32"),
+        (SubModel.of(width=0), "width 0 outside the allowed range 1..32"),
+        (SubModel.of(depth=5), "depth 5 outside the allowed range 1..4"),
+        (SubModel.of(heads=2), "no sub-model dimension 'heads'"),
+    ]:
         with pytest.raises(ValueError, match=msg):
             check_sizes(sub, limits)
     with pytest.raises(ValueError, match="width 48 outside the allowed range 1..32"):

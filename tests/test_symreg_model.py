@@ -29,7 +29,7 @@ def test_tnet_invariant_to_point_order_and_padding(model):
     shuffled = {"X": inst["X"][perm], "y": inst["y"][perm]}
     p2, m2 = make_points([shuffled], CFG.max_vars, n_points=25)  # permuted and 16 padding points
     # garbage in the padding must not matter either
-    p2[:, len(inst["y"]):] = 1e3
+    p2[:, len(inst["y"]) :] = 1e3
     z = model.encode(jnp.asarray(p), jnp.asarray(m))
     z2 = model.encode(jnp.asarray(p2), jnp.asarray(m2))
     assert z.shape == (1, CFG.embed)

@@ -45,8 +45,9 @@ def test_kv_cache_steps_equal_full_forward(model):
 
 def test_greedy_cached_generation_equals_naive_full_forward(model):
     points, mask = make_points([_problem(0), _problem(1)], CFG.max_vars)
-    ids = sample_skeletons(model, points, mask, jax.random.key(0), n_samples=2,
-                           sampling=SamplingConfig(method="greedy"))
+    ids = sample_skeletons(
+        model, points, mask, jax.random.key(0), n_samples=2, sampling=SamplingConfig(method="greedy")
+    )
     assert ids.shape == (2, 2, CFG.max_len)
     z = model.encode(jnp.asarray(points), jnp.asarray(mask))
     naive = np.zeros((2, CFG.max_len), np.int32)

@@ -21,12 +21,17 @@ def test_flags_make_a_validated_config():
 
 
 def test_results_json_shape():
-    recs = [{"test_set": "1var", "method": "symbolicgpt", "log10_mse_n": e, "seconds": s}
-            for e, s in [(-12.0, 1.0), (-6.0, 2.0), (-1.0, 3.0), (float("inf"), 4.0)]]
+    recs = [
+        {"test_set": "1var", "method": "symbolicgpt", "log10_mse_n": e, "seconds": s}
+        for e, s in [(-12.0, 1.0), (-6.0, 2.0), (-1.0, 3.0), (float("inf"), 4.0)]
+    ]
     recs.append({"test_set": "nguyen", "method": "gplearn", "log10_mse_n": -3.0, "seconds": 5.0})
     res = sg.summarize(recs)
-    assert res["1var"]["symbolicgpt"] == {"frac_below": {"-10": 0.25, "-5": 0.5, "-2": 0.5},
-                                          "median_seconds": 2.5, "n": 4}
+    assert res["1var"]["symbolicgpt"] == {
+        "frac_below": {"-10": 0.25, "-5": 0.5, "-2": 0.5},
+        "median_seconds": 2.5,
+        "n": 4,
+    }
     assert res["nguyen"]["gplearn"]["frac_below"]["-2"] == 1.0
 
 
@@ -45,11 +50,24 @@ def test_figures_and_summary_from_records(tmp_path, capsys):
     recs = []
     for ts in ("1var", "nguyen"):
         for m, errs in (("symbolicgpt", (-12.0, -6.0, -1.0)), ("gplearn", (-3.0, -1.0, 0.5))):
-            recs += [{"test_set": ts, "method": m, "problem": f"{ts}-{i}", "true": "x1", "predicted": "x1",
-                      "log10_mse_n": e, "seconds": 0.5 + i, "n_points": 30} for i, e in enumerate(errs)]
+            recs += [
+                {
+                    "test_set": ts,
+                    "method": m,
+                    "problem": f"{ts}-{i}",
+                    "true": "x1",
+                    "predicted": "x1",
+                    "log10_mse_n": e,
+                    "seconds": 0.5 + i,
+                    "n_points": 30,
+                }
+                for i, e in enumerate(errs)
+            ]
     res = sg.summarize(recs)
-    sweeps = {"samples": [{"n_samples": n, "median_seconds": 0.01 * n, "frac_below_-5": 0.1 * n} for n in (1, 4)],
-              "points": [{"n_points": n, "median_log10_mse_n": -n / 2, "frac_below_-5": 0.1 * n} for n in (5, 10)]}
+    sweeps = {
+        "samples": [{"n_samples": n, "median_seconds": 0.01 * n, "frac_below_-5": 0.1 * n} for n in (1, 4)],
+        "points": [{"n_points": n, "median_log10_mse_n": -n / 2, "frac_below_-5": 0.1 * n} for n in (5, 10)],
+    }
     cfg = sg.Config(workdir=str(tmp_path))
     sg.write_figures(cfg, recs, res, sweeps)
     sg.print_summary(cfg, res)

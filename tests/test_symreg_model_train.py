@@ -35,9 +35,19 @@ def overfit(tmp_path_factory):
     assert len(kept) == 20
     cfg = ModelConfig.preset("tiny", embed=64, vocab_size=TOK.vocab_size, max_len=MAX_LEN, max_vars=1)
     workdir = str(tmp_path_factory.mktemp("sgpt"))
-    tc = TrainConfig(workdir=workdir, steps=400, learning_rate=3e-3, schedule="warmup_cosine",
-                     warmup_steps=20, optimizer="adamw", weight_decay=0.0, grad_clip_norm=1.0,
-                     checkpoint_every=400, log_every=50, progress=False)
+    tc = TrainConfig(
+        workdir=workdir,
+        steps=400,
+        learning_rate=3e-3,
+        schedule="warmup_cosine",
+        warmup_steps=20,
+        optimizer="adamw",
+        weight_decay=0.0,
+        grad_clip_norm=1.0,
+        checkpoint_every=400,
+        log_every=50,
+        progress=False,
+    )
     result = train_symbolicgpt(cfg, arrays, tc, batch_size=20)
     return insts, result, workdir
 
@@ -79,13 +89,11 @@ def test_save_and_load_pretrained_round_trip(overfit, tmp_path):
         load_pretrained(str(tmp_path / "missing"))
 
 
-
 def test_regressor_from_pretrained_recovers_the_twenty_equations(overfit, tmp_path):
     from symreg.regressor import SymbolicGPTRegressor
 
     insts, result, _ = overfit
-    save_pretrained(result.model, str(tmp_path / "model"),
-                    extra={"sampling": {"method": "greedy"}, "n_samples": 1})
+    save_pretrained(result.model, str(tmp_path / "model"), extra={"sampling": {"method": "greedy"}, "n_samples": 1})
     reg = SymbolicGPTRegressor.from_pretrained(str(tmp_path), n_starts=4)
     assert reg.candidate_source.sampling.method == "greedy" and reg.n_candidates == 1
     fitted = []

@@ -1,5 +1,4 @@
 import json
-import os
 
 import jax
 import jax.numpy as jnp
@@ -52,8 +51,9 @@ def test_many_submodels_compile_once(tmp_path):
 
 
 def _run(workdir, steps, data, **kw):
-    cfg = TrainConfig(workdir=str(workdir), steps=steps, learning_rate=0.01, checkpoint_every=4, log_every=1,
-                      progress=False, **kw)
+    cfg = TrainConfig(
+        workdir=str(workdir), steps=steps, learning_rate=0.01, checkpoint_every=4, log_every=1, progress=False, **kw
+    )
     return train(SortedMLP(CFG, rngs=nnx.Rngs(0)), _loss, data, cfg)
 
 
@@ -111,8 +111,9 @@ def test_eight_device_step_equals_single_device(tmp_path):
     data = ArrayBatches(_data(), 16, seed=1)
     common = dict(steps=5, learning_rate=0.01, progress=False, checkpoint_every=100, grad_accum=2)
     single = train(SortedMLP(CFG, rngs=nnx.Rngs(0)), _loss, data, TrainConfig(workdir=str(tmp_path / "a"), **common))
-    sharded = train(SortedMLP(CFG, rngs=nnx.Rngs(0)), _loss, data, TrainConfig(workdir=str(tmp_path / "b"), **common),
-                    mesh=mesh)
+    sharded = train(
+        SortedMLP(CFG, rngs=nnx.Rngs(0)), _loss, data, TrainConfig(workdir=str(tmp_path / "b"), **common), mesh=mesh
+    )
     w = nnx.state(sharded.model, nnx.Param)["blocks"]["layers"]["dense"]["kernel"][...]
     assert len(w.sharding.device_set) == 8 and w.sharding.spec[1] == "fsdp"  # really sharded
     a, b = _params(single.model), _params(sharded.model)

@@ -27,6 +27,7 @@ from sortedjax import hf, nn, sharding
 from sortedjax.models.llama_config import DTYPES, LlamaConfig  # noqa: F401 - re-exported
 from sortedjax.submodel import SubModel, check_sizes
 
+
 class DecoderLayer(nnx.Module):
     """Pre-norm attention + SwiGLU MLP, each with a residual."""
 
@@ -34,16 +35,32 @@ class DecoderLayer(nnx.Module):
         D, dt = cfg.hidden_size, cfg.jnp_dtype
         init = lambda k, s, d: nnx.initializers.normal(0.02)(k, s, d)  # noqa: E731
         self.attn_norm = nn.RMSNorm(D, eps=cfg.rms_norm_eps, dtype=dt)
-        self.attn = nn.Attention(D, cfg.num_attention_heads, num_kv_heads=cfg.num_key_value_heads,
-                                 head_dim=cfg.head_dim, rope=cfg.rope, dtype=dt, kernel_init=init, rngs=rngs)
+        self.attn = nn.Attention(
+            D,
+            cfg.num_attention_heads,
+            num_kv_heads=cfg.num_key_value_heads,
+            head_dim=cfg.head_dim,
+            rope=cfg.rope,
+            dtype=dt,
+            kernel_init=init,
+            rngs=rngs,
+        )
         self.mlp_norm = nn.RMSNorm(D, eps=cfg.rms_norm_eps, dtype=dt)
-        self.mlp = nn.MLP(D, cfg.intermediate_size, activation="silu", gated=True, dtype=dt, kernel_init=init,
-                          rngs=rngs)
+        self.mlp = nn.MLP(
+            D, cfg.intermediate_size, activation="silu", gated=True, dtype=dt, kernel_init=init, rngs=rngs
+        )
 
-    def __call__(self, x, *, mask, positions, width=None, heads=None, rank=None, cache=None, layer=None,
-                 start=None):
-        a = self.attn(self.attn_norm(x), mask=mask, positions=positions, heads=heads, rank=rank, cache=cache,
-                      layer=layer, start=start)
+    def __call__(self, x, *, mask, positions, width=None, heads=None, rank=None, cache=None, layer=None, start=None):
+        a = self.attn(
+            self.attn_norm(x),
+            mask=mask,
+            positions=positions,
+            heads=heads,
+            rank=rank,
+            cache=cache,
+            layer=layer,
+            start=start,
+        )
         a, cache = a if cache is not None else (a, None)
         x = x + a
         x = x + self.mlp(self.mlp_norm(x), hidden=width, rank=rank)
@@ -56,11 +73,15 @@ class Llama(nnx.Module):
         D, V, E, dt = cfg.hidden_size, cfg.vocab_size, cfg.num_exit_heads, cfg.jnp_dtype
         init = lambda k, s, d: nnx.initializers.normal(0.02)(k, s, d)  # noqa: E731
         self.embed = nn.Embed(V, D, dtype=dt, rngs=rngs)
-        self.layers = nn.LayerStack(lambda r: DecoderLayer(cfg, rngs=r), cfg.num_hidden_layers, rngs=rngs,
-                                    remat=cfg.remat)
+        self.layers = nn.LayerStack(
+            lambda r: DecoderLayer(cfg, rngs=r), cfg.num_hidden_layers, rngs=rngs, remat=cfg.remat
+        )
         self.final_norm = nn.RMSNorm(D, eps=cfg.rms_norm_eps, dtype=dt)
-        self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(
-            D, V, names=("embed", "vocab"), use_bias=False, dtype=dt, kernel_init=init, rngs=rngs)
+        self.lm_head = (
+            None
+            if cfg.tie_word_embeddings
+            else nn.Linear(D, V, names=("embed", "vocab"), use_bias=False, dtype=dt, kernel_init=init, rngs=rngs)
+        )
         if E:
             self.exit_norm = sharding.param(jnp.ones((E, D), dt), (None, "embed"))
             self.exit_head = sharding.param(init(rngs.params(), (E, D, V), dt), (None, "embed", "vocab"))
@@ -99,8 +120,9 @@ class Llama(nnx.Module):
             out = self.embed.attend(h) if self.lm_head is None else self.lm_head(h)
             return out.astype(jnp.float32)
         if not self.cfg.num_exit_heads:
-            raise ValueError("exit_index given but the model has no separate exit heads "
-                             "(LlamaConfig.exit_head_layers is empty)")
+            raise ValueError(
+                "exit_index given but the model has no separate exit heads (LlamaConfig.exit_head_layers is empty)"
+            )
         normed = self.exit_norm[exit_index] * nn.norm.rms_normalize(h_xD, self.cfg.rms_norm_eps)
         return jnp.einsum("...d,dv->...v", normed, self.exit_head[exit_index]).astype(jnp.float32)
 
@@ -109,8 +131,12 @@ class Llama(nnx.Module):
         if not self.cfg.num_exit_heads:
             return self.logits_from_hidden(h_xD)
         hit_E = jnp.asarray(self.cfg.exit_head_layers, jnp.int32) == jnp.asarray(exit_layer, jnp.int32)
-        return lax.cond(hit_E.any(), lambda h: self.logits_from_hidden(h, jnp.argmax(hit_E)),
-                        lambda h: self.logits_from_hidden(h), h_xD)
+        return lax.cond(
+            hit_E.any(),
+            lambda h: self.logits_from_hidden(h, jnp.argmax(hit_E)),
+            lambda h: self.logits_from_hidden(h),
+            h_xD,
+        )
 
     def _run(self, tokens_BxL, depth, exits, attention_mask, positions, kw):
         self.check_ids(tokens_BxL)
@@ -119,8 +145,9 @@ class Llama(nnx.Module):
         if positions is None:  # padding-aware positions, as transformers' generate uses
             positions = jnp.maximum(jnp.cumsum(mask_BxL, axis=1) - 1, 0)
         x = self.embed(tokens_BxL)
-        return self.layers(x, depth=depth, exits=exits, mask=mask_BxL[:, None, :], positions=jnp.asarray(positions),
-                           **kw)
+        return self.layers(
+            x, depth=depth, exits=exits, mask=mask_BxL[:, None, :], positions=jnp.asarray(positions), **kw
+        )
 
     def check_ids(self, tokens) -> None:
         """Token ids outside the vocabulary raise (concrete ids only; ``jnp.take`` would give NaN)."""
@@ -131,7 +158,9 @@ class Llama(nnx.Module):
             bad = int(t.min()) if t.min() < 0 else int(t.max())
             raise ValueError(f"token id {bad} outside the vocabulary: allowed 0..{self.cfg.vocab_size - 1}")
 
-    def __call__(self, tokens_BxL, exit_layer=None, attention_mask=None, positions=None, *, sub: SubModel | None = None):
+    def __call__(
+        self, tokens_BxL, exit_layer=None, attention_mask=None, positions=None, *, sub: SubModel | None = None
+    ):
         """Logits B x L x V of sub-model ``sub`` (or the first ``exit_layer`` layers; may be traced)."""
         depth, kw = self._sizes(sub, exit_layer)
         h = self._run(tokens_BxL, depth, None, attention_mask, positions, kw)
@@ -149,8 +178,18 @@ class Llama(nnx.Module):
         c = self.cfg
         return nn.KVCache.create(c.num_hidden_layers, batch, length, c.num_key_value_heads, c.head_dim, c.jnp_dtype)
 
-    def forward_cached(self, tokens_BxT, cache: nn.KVCache, *, start, positions_BxT, exit_layer=None,
-                       sub: SubModel | None = None, hook=None, hook_state=None):
+    def forward_cached(
+        self,
+        tokens_BxT,
+        cache: nn.KVCache,
+        *,
+        start,
+        positions_BxT,
+        exit_layer=None,
+        sub: SubModel | None = None,
+        hook=None,
+        hook_state=None,
+    ):
         """Run ``T`` new tokens written at cache slots ``start..start+T-1`` (see the protocol).
 
         A query attends to valid slots ``<=`` its own. Layers past ``exit_layer`` are skipped and
@@ -159,8 +198,17 @@ class Llama(nnx.Module):
         depth, kw = self._sizes(sub, exit_layer)
         x = self.embed(tokens_BxT)
         mask = cache.attention_mask(start, tokens_BxT.shape[1])
-        return self.layers(x, depth=depth, cache=cache, hook=hook, hook_state=hook_state, mask=mask,
-                           positions=positions_BxT, start=start, **kw)
+        return self.layers(
+            x,
+            depth=depth,
+            cache=cache,
+            hook=hook,
+            hook_state=hook_state,
+            mask=mask,
+            positions=positions_BxT,
+            start=start,
+            **kw,
+        )
 
     # -- extraction (sortedjax.extract) -------------------------------------------------------
     def sub_config(self, sizes) -> LlamaConfig:
@@ -168,12 +216,21 @@ class Llama(nnx.Module):
         d, f, h = (sizes.get(k, lim) for k, lim in self.limits.items())
         r = c.num_attention_heads // c.num_key_value_heads
         if h % r:
-            raise ValueError(f"heads {h}: a standalone model keeps whole kv groups, so heads must be a multiple of "
-                             f"{r} (num_attention_heads / num_key_value_heads)")
+            raise ValueError(
+                f"heads {h}: a standalone model keeps whole kv groups, so heads must be a multiple of "
+                f"{r} (num_attention_heads / num_key_value_heads)"
+            )
         own = d in c.exit_head_layers
-        return dataclasses.replace(c, num_hidden_layers=d, intermediate_size=f, num_attention_heads=h,
-                                   num_key_value_heads=h // r, head_dim=c.head_dim, exit_head_layers=(),
-                                   tie_word_embeddings=c.tie_word_embeddings and not own)
+        return dataclasses.replace(
+            c,
+            num_hidden_layers=d,
+            intermediate_size=f,
+            num_attention_heads=h,
+            num_key_value_heads=h // r,
+            head_dim=c.head_dim,
+            exit_head_layers=(),
+            tie_word_embeddings=c.tie_word_embeddings and not own,
+        )
 
     def axis_sizes(self, sizes) -> dict[str, int]:
         c = self.cfg
@@ -209,8 +266,10 @@ def _hf_names(cfg: LlamaConfig):
     """(our path, HF name, n_in or None, our shape) for every tensor of a checkpoint."""
     abstract = nnx.eval_shape(lambda: Llama(cfg, rngs=nnx.Rngs(0)))
     shapes = jax.tree.map(lambda x: x.shape, nnx.to_pure_dict(nnx.state(abstract, nnx.Param)))
-    out = [(("embed", "embedding"), "model.embed_tokens.weight", None, shapes["embed"]["embedding"]),
-           (("final_norm", "scale"), "model.norm.weight", None, shapes["final_norm"]["scale"])]
+    out = [
+        (("embed", "embedding"), "model.embed_tokens.weight", None, shapes["embed"]["embedding"]),
+        (("final_norm", "scale"), "model.norm.weight", None, shapes["final_norm"]["scale"]),
+    ]
     if not cfg.tie_word_embeddings:
         out.append((("lm_head", "kernel"), "lm_head.weight", 1, shapes["lm_head"]["kernel"]))
     layer_shapes = shapes["layers"]["layers"]
@@ -230,8 +289,9 @@ def from_pretrained(path_or_id: str, dtype: str = "float32", mesh=None, **overri
     sd = hf.load_state_dict(d)
     extra = sorted(k for k in sd if k.startswith(f"model.layers.{cfg.num_hidden_layers}."))
     if extra:
-        raise ValueError(f"checkpoint has tensor {extra[0]!r} but config.json says "
-                         f"num_hidden_layers={cfg.num_hidden_layers}")
+        raise ValueError(
+            f"checkpoint has tensor {extra[0]!r} but config.json says num_hidden_layers={cfg.num_hidden_layers}"
+        )
     dt = np.dtype(cfg.jnp_dtype)
     params: dict = {}
     stacked: dict = {}

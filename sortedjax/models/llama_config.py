@@ -41,15 +41,24 @@ class LlamaConfig:
             set_("num_key_value_heads", self.num_attention_heads)
         if self.head_dim is None:
             set_("head_dim", self.hidden_size // max(self.num_attention_heads, 1))
-        for f in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                  "num_attention_heads", "num_key_value_heads", "head_dim", "max_position_embeddings"):
+        for f in (
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "head_dim",
+            "max_position_embeddings",
+        ):
             v = getattr(self, f)
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"LlamaConfig.{f} must be a positive int, got {v!r}")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(
                 f"LlamaConfig.num_attention_heads ({self.num_attention_heads}) must be a multiple "
-                f"of num_key_value_heads ({self.num_key_value_heads})")
+                f"of num_key_value_heads ({self.num_key_value_heads})"
+            )
         if self.head_dim % 2:
             raise ValueError(f"LlamaConfig.head_dim must be even for RoPE, got {self.head_dim}")
         if self.dtype not in DTYPES:
@@ -60,8 +69,7 @@ class LlamaConfig:
             rs = dict(self.rope_scaling)
             kind = rs.get("rope_type", rs.get("type"))
             if kind not in ROPE_TYPES:
-                raise ValueError(f"unsupported rope type {kind!r} in LlamaConfig.rope_scaling; "
-                                 f"supported: {ROPE_TYPES}")
+                raise ValueError(f"unsupported rope type {kind!r} in LlamaConfig.rope_scaling; supported: {ROPE_TYPES}")
             missing = [k for k in LLAMA3_KEYS if kind == "llama3" and k not in rs]
             if missing:
                 raise ValueError(f"LlamaConfig.rope_scaling of type 'llama3' lacks key {missing[0]!r}")
@@ -69,8 +77,10 @@ class LlamaConfig:
         eh = tuple(int(e) for e in self.exit_head_layers)
         bad = [e for e in eh if not 1 <= e <= self.num_hidden_layers]
         if bad or len(set(eh)) != len(eh):
-            raise ValueError(f"LlamaConfig.exit_head_layers must be distinct layers in "
-                             f"1..{self.num_hidden_layers}, got {self.exit_head_layers}")
+            raise ValueError(
+                f"LlamaConfig.exit_head_layers must be distinct layers in "
+                f"1..{self.num_hidden_layers}, got {self.exit_head_layers}"
+            )
         set_("exit_head_layers", eh)
         nn.stack.check_remat(self.remat)
         if isinstance(self.eos_token_id, list):
@@ -91,8 +101,11 @@ class LlamaConfig:
 
     @property
     def rope(self) -> nn.RoPE:
-        scaling = None if self.rope_scaling is None else tuple(
-            sorted((k, v) for k, v in self.rope_scaling.items() if k != "rope_type"))
+        scaling = (
+            None
+            if self.rope_scaling is None
+            else tuple(sorted((k, v) for k, v in self.rope_scaling.items() if k != "rope_type"))
+        )
         return nn.RoPE(self.head_dim, self.rope_theta, scaling)
 
     @classmethod
@@ -112,8 +125,9 @@ class LlamaConfig:
             rope = dict(hf_cfg["rope_scaling"])
         kind = rope.get("rope_type", rope.get("type", "default"))
         if kind not in ROPE_TYPES:
-            raise ValueError(f"unsupported rope type {kind!r} in config (rope_parameters / "
-                             f"rope_scaling); supported: {ROPE_TYPES}")
+            raise ValueError(
+                f"unsupported rope type {kind!r} in config (rope_parameters / rope_scaling); supported: {ROPE_TYPES}"
+            )
         kw = dict(rope_theta=float(rope_theta), rope_scaling=None if kind == "default" else rope)
         for f in dataclasses.fields(cls):
             if f.name in hf_cfg and f.name not in ("rope_theta", "rope_scaling", "dtype", "exit_head_layers", "remat"):
@@ -130,14 +144,24 @@ class LlamaConfig:
             rope.update(self.rope_scaling)
         eos = list(self.eos_token_id) if isinstance(self.eos_token_id, tuple) else self.eos_token_id
         return dict(
-            architectures=["LlamaForCausalLM"], model_type="llama", vocab_size=self.vocab_size,
-            hidden_size=self.hidden_size, intermediate_size=self.intermediate_size,
-            num_hidden_layers=self.num_hidden_layers, num_attention_heads=self.num_attention_heads,
-            num_key_value_heads=self.num_key_value_heads, head_dim=self.head_dim,
-            hidden_act="silu", rms_norm_eps=self.rms_norm_eps, rope_parameters=rope,
-            max_position_embeddings=self.max_position_embeddings, tie_word_embeddings=self.tie_word_embeddings,
-            attention_bias=False, mlp_bias=False, dtype=self.dtype, bos_token_id=self.bos_token_id,
-            eos_token_id=eos, pad_token_id=self.pad_token_id)
-
-
-
+            architectures=["LlamaForCausalLM"],
+            model_type="llama",
+            vocab_size=self.vocab_size,
+            hidden_size=self.hidden_size,
+            intermediate_size=self.intermediate_size,
+            num_hidden_layers=self.num_hidden_layers,
+            num_attention_heads=self.num_attention_heads,
+            num_key_value_heads=self.num_key_value_heads,
+            head_dim=self.head_dim,
+            hidden_act="silu",
+            rms_norm_eps=self.rms_norm_eps,
+            rope_parameters=rope,
+            max_position_embeddings=self.max_position_embeddings,
+            tie_word_embeddings=self.tie_word_embeddings,
+            attention_bias=False,
+            mlp_bias=False,
+            dtype=self.dtype,
+            bos_token_id=self.bos_token_id,
+            eos_token_id=eos,
+            pad_token_id=self.pad_token_id,
+        )

@@ -84,8 +84,9 @@ class SortedMLP(nnx.Module):
 
     # -- extraction (sortedjax.extract) -------------------------------------------------------
     def sub_config(self, sizes) -> MLPConfig:
-        return dataclasses.replace(self.cfg, hidden=sizes.get("width", self.cfg.hidden),
-                                   num_blocks=sizes.get("depth", self.cfg.num_blocks))
+        return dataclasses.replace(
+            self.cfg, hidden=sizes.get("width", self.cfg.hidden), num_blocks=sizes.get("depth", self.cfg.num_blocks)
+        )
 
     def axis_sizes(self, sizes) -> dict[str, int]:
         w = sizes.get("width", self.cfg.hidden)  # a block's input ("embed") is the previous hidden layer

@@ -15,6 +15,19 @@ from sortedjax.nn.norm import BatchNorm, InstanceNorm, LayerNorm, RMSNorm, recal
 from sortedjax.nn.stack import REMAT_POLICIES, LayerStack
 
 __all__ = [
-    "ACTIVATIONS", "Attention", "BatchNorm", "Conv", "Embed", "InstanceNorm", "KVCache", "LayerNorm", "LayerStack",
-    "Linear", "MLP", "REMAT_POLICIES", "RMSNorm", "RoPE", "recalibrate",
+    "ACTIVATIONS",
+    "Attention",
+    "BatchNorm",
+    "Conv",
+    "Embed",
+    "InstanceNorm",
+    "KVCache",
+    "LayerNorm",
+    "LayerStack",
+    "Linear",
+    "MLP",
+    "REMAT_POLICIES",
+    "RMSNorm",
+    "RoPE",
+    "recalibrate",
 ]

@@ -107,9 +107,21 @@ class KVCache:
 
 
 class Attention(nnx.Module):
-    def __init__(self, embed: int, num_heads: int, *, num_kv_heads: int | None = None, head_dim: int | None = None,
-                 use_bias: bool = False, rope: RoPE | None = None, causal: bool = True, dtype=jnp.float32,
-                 kernel_init=None, out_init=None, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        embed: int,
+        num_heads: int,
+        *,
+        num_kv_heads: int | None = None,
+        head_dim: int | None = None,
+        use_bias: bool = False,
+        rope: RoPE | None = None,
+        causal: bool = True,
+        dtype=jnp.float32,
+        kernel_init=None,
+        out_init=None,
+        rngs: nnx.Rngs,
+    ):
         G = num_heads if num_kv_heads is None else num_kv_heads
         K = embed // num_heads if head_dim is None else head_dim
         if num_heads % G:
@@ -120,15 +132,27 @@ class Attention(nnx.Module):
         self.q = Linear(embed, (num_heads, K), names=("embed", "heads", "head_dim"), kernel_init=kernel_init, **kw)
         self.k = Linear(embed, (G, K), names=("embed", "kv_heads", "head_dim"), kernel_init=kernel_init, **kw)
         self.v = Linear(embed, (G, K), names=("embed", "kv_heads", "head_dim"), kernel_init=kernel_init, **kw)
-        self.o = Linear((num_heads, K), embed, names=("heads", "head_dim", "embed"), kernel_init=out_init or kernel_init,
-                        **kw)
+        self.o = Linear(
+            (num_heads, K), embed, names=("heads", "head_dim", "embed"), kernel_init=out_init or kernel_init, **kw
+        )
 
     @property
     def group_size(self) -> int:
         return self.num_heads // self.num_kv_heads
 
-    def __call__(self, x_BxTxD, *, mask=None, positions=None, heads=None, embed=None, rank=None,
-                 cache: KVCache | None = None, layer=None, start=None):
+    def __call__(
+        self,
+        x_BxTxD,
+        *,
+        mask=None,
+        positions=None,
+        heads=None,
+        embed=None,
+        rank=None,
+        cache: KVCache | None = None,
+        layer=None,
+        start=None,
+    ):
         """Attention output ``B x T x D`` (and the updated cache when ``cache`` is given).
 
         ``mask``: bool, broadcastable to ``B x T x S`` (True = may attend). ``positions``:

@@ -19,9 +19,20 @@ class Conv(nnx.Module):
     is a depthwise convolution (MobileNet); its ``out_size`` then also truncates the input.
     """
 
-    def __init__(self, in_features: int, out_features: int, kernel_size=(3, 3), *, strides=(1, 1),
-                 padding="SAME", groups: int = 1, use_bias: bool = False,
-                 names=(None, None, "in_channels", "channels"), dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        kernel_size=(3, 3),
+        *,
+        strides=(1, 1),
+        padding="SAME",
+        groups: int = 1,
+        use_bias: bool = False,
+        names=(None, None, "in_channels", "channels"),
+        dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         if in_features % groups or out_features % groups:
             raise ValueError(f"Conv groups={groups} must divide in ({in_features}) and out ({out_features}) channels")
         ks = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
@@ -39,8 +50,13 @@ class Conv(nnx.Module):
         if in_size is not None:
             x = x * prefix_mask(self.in_features, in_size, x.dtype)
         y = jax.lax.conv_general_dilated(
-            x, self.kernel[...].astype(x.dtype), self.strides, self.padding,
-            dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=self.groups)
+            x,
+            self.kernel[...].astype(x.dtype),
+            self.strides,
+            self.padding,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            feature_group_count=self.groups,
+        )
         if self.bias is not None:
             y = y + self.bias[...].astype(y.dtype)
         if out_size is not None:

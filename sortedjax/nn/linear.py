@@ -55,7 +55,9 @@ class Linear(nnx.Module):
         fan_in = math.prod(self.in_shape)
         init = kernel_init or (lambda k, s, d: default_kernel_init(k, s, d, fan_in))
         self.kernel = param(init(rngs.params(), shape, dtype), names)
-        bias = jnp.zeros(self.out_shape, dtype) if bias_init is None else bias_init(rngs.params(), self.out_shape, dtype)
+        bias = (
+            jnp.zeros(self.out_shape, dtype) if bias_init is None else bias_init(rngs.params(), self.out_shape, dtype)
+        )
         self.bias = param(bias, names[len(self.in_shape) :]) if use_bias else None
         self.lora = None  # a sortedjax.lora.LoRA adapter, when one is applied
 
@@ -83,11 +85,20 @@ class Linear(nnx.Module):
 class Embed(nnx.Module):
     """Token (or position) embedding ``num x features``; ``size`` keeps the first features."""
 
-    def __init__(self, num: int, features: int, *, names=("vocab", "embed"), dtype=jnp.float32,
-                 init_std: float = 0.02, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        num: int,
+        features: int,
+        *,
+        names=("vocab", "embed"),
+        dtype=jnp.float32,
+        init_std: float = 0.02,
+        rngs: nnx.Rngs,
+    ):
         self.num, self.features = num, features
-        self.embedding = param(jax.random.normal(rngs.params(), (num, features), jnp.float32).astype(dtype) * init_std,
-                               names)
+        self.embedding = param(
+            jax.random.normal(rngs.params(), (num, features), jnp.float32).astype(dtype) * init_std, names
+        )
 
     def __call__(self, ids, *, size=None):
         x = jnp.take(self.embedding[...], ids, axis=0)

@@ -8,8 +8,13 @@ from flax import nnx
 
 from sortedjax.nn.linear import Linear
 
-ACTIVATIONS = {"silu": jax.nn.silu, "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-               "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True), "relu": jax.nn.relu, "tanh": jnp.tanh}
+ACTIVATIONS = {
+    "silu": jax.nn.silu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+    "tanh": jnp.tanh,
+}
 
 
 class MLP(nnx.Module):
@@ -19,8 +24,19 @@ class MLP(nnx.Module):
     ``embed`` keeps the first features of the input / output (a sorted hidden size).
     """
 
-    def __init__(self, embed: int, hidden: int, *, activation: str = "silu", gated: bool = True,
-                 use_bias: bool = False, dtype=jnp.float32, kernel_init=None, out_init=None, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        embed: int,
+        hidden: int,
+        *,
+        activation: str = "silu",
+        gated: bool = True,
+        use_bias: bool = False,
+        dtype=jnp.float32,
+        kernel_init=None,
+        out_init=None,
+        rngs: nnx.Rngs,
+    ):
         self.act_name, self.gated = activation, gated
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation {activation!r} unknown; allowed: {sorted(ACTIVATIONS)}")

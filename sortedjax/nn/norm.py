@@ -40,8 +40,16 @@ def _kept(features: int, size, dtype):
 
 
 class LayerNorm(nnx.Module):
-    def __init__(self, features: int, *, eps: float = 1e-5, use_bias: bool = True, names=("embed",),
-                 dtype=jnp.float32, rngs: nnx.Rngs | None = None):
+    def __init__(
+        self,
+        features: int,
+        *,
+        eps: float = 1e-5,
+        use_bias: bool = True,
+        names=("embed",),
+        dtype=jnp.float32,
+        rngs: nnx.Rngs | None = None,
+    ):
         del rngs
         self.features, self.eps = features, eps
         self.scale = param(jnp.ones((features,), dtype), names)
@@ -68,8 +76,9 @@ def rms_normalize(x, eps: float, m=None, k=None):
 class RMSNorm(nnx.Module):
     """``w * x / rms(x)`` (LLaMA); the scale multiplies after the cast back, as transformers does."""
 
-    def __init__(self, features: int, *, eps: float = 1e-6, names=("embed",), dtype=jnp.float32,
-                 rngs: nnx.Rngs | None = None):
+    def __init__(
+        self, features: int, *, eps: float = 1e-6, names=("embed",), dtype=jnp.float32, rngs: nnx.Rngs | None = None
+    ):
         del rngs
         self.features, self.eps = features, eps
         self.scale = param(jnp.ones((features,), dtype), names)
@@ -90,9 +99,18 @@ class BatchNorm(nnx.Module):
     the exact mean of the batch statistics seen since they were reset.
     """
 
-    def __init__(self, features: int, *, mode: str = "shared", widths: Sequence[int] | None = None,
-                 momentum: float = 0.9, eps: float = 1e-5, names=("channels",), dtype=jnp.float32,
-                 rngs: nnx.Rngs | None = None):
+    def __init__(
+        self,
+        features: int,
+        *,
+        mode: str = "shared",
+        widths: Sequence[int] | None = None,
+        momentum: float = 0.9,
+        eps: float = 1e-5,
+        names=("channels",),
+        dtype=jnp.float32,
+        rngs: nnx.Rngs | None = None,
+    ):
         del rngs
         if mode not in BN_MODES:
             raise ValueError(f"BatchNorm mode {mode!r} unknown; allowed: {BN_MODES}")
@@ -148,8 +166,9 @@ class BatchNorm(nnx.Module):
 class InstanceNorm(nnx.Module):
     """Per-sample, per-channel normalisation over the spatial axes (channels last), affine."""
 
-    def __init__(self, features: int, *, eps: float = 1e-5, names=("channels",), dtype=jnp.float32,
-                 rngs: nnx.Rngs | None = None):
+    def __init__(
+        self, features: int, *, eps: float = 1e-5, names=("channels",), dtype=jnp.float32, rngs: nnx.Rngs | None = None
+    ):
         del rngs
         self.features, self.eps = features, eps
         self.scale = param(jnp.ones((features,), dtype), names)

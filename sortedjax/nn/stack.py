@@ -40,13 +40,21 @@ def check_remat(remat: str) -> str:
 
 
 class LayerStack(nnx.Module):
-    def __init__(self, make_layer: Callable[[nnx.Rngs], nnx.Module] | None, num_layers: int, *,
-                 rngs: nnx.Rngs | None = None, remat: str = "none", layers: Sequence[nnx.Module] | None = None):
+    def __init__(
+        self,
+        make_layer: Callable[[nnx.Rngs], nnx.Module] | None,
+        num_layers: int,
+        *,
+        rngs: nnx.Rngs | None = None,
+        remat: str = "none",
+        layers: Sequence[nnx.Module] | None = None,
+    ):
         if num_layers < 1:
             raise ValueError(f"LayerStack needs num_layers >= 1, got {num_layers}")
         self.num_layers, self.remat = num_layers, check_remat(remat)
         self.stacked = layers is None
         if self.stacked:
+
             @nnx.split_rngs(splits=num_layers)
             @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
             def make(r):
@@ -74,8 +82,17 @@ class LayerStack(nnx.Module):
         if bad:
             raise ValueError(f"exit {int(bad[0])} outside the allowed range 1..{self.num_layers}")
 
-    def __call__(self, x, *, depth=None, exits: Sequence[int] | jax.Array | None = None, cache=None,
-                 hook: Hook | None = None, hook_state=None, **kwargs):
+    def __call__(
+        self,
+        x,
+        *,
+        depth=None,
+        exits: Sequence[int] | jax.Array | None = None,
+        cache=None,
+        hook: Hook | None = None,
+        hook_state=None,
+        **kwargs,
+    ):
         """Run ``x`` through layers ``0..depth-1`` (``None``: all).
 
         Args:
@@ -118,12 +135,14 @@ class LayerStack(nnx.Module):
 
             def step(carry, p, o, i):
                 h, buf, cache, hs = carry
-                h, cache, hs, o = lax.cond(i < depth_, run, lambda p, o, i, h, c, s: (h, c, s, o),
-                                           p, o, i, h, cache, hs)
+                h, cache, hs, o = lax.cond(
+                    i < depth_, run, lambda p, o, i, h, c, s: (h, c, s, o), p, o, i, h, cache, hs
+                )
                 if collect:  # write only the slot of a hit exit (no E x ... broadcast select per layer)
                     hit = exits_E == i + 1
-                    buf = lax.cond(hit.any(), lambda b: lax.dynamic_update_index_in_dim(b, h, jnp.argmax(hit), 0),
-                                   lambda b: b, buf)
+                    buf = lax.cond(
+                        hit.any(), lambda b: lax.dynamic_update_index_in_dim(b, h, jnp.argmax(hit), 0), lambda b: b, buf
+                    )
                 return (h, buf, cache, hs), o
 
             return step
@@ -143,6 +162,10 @@ class LayerStack(nnx.Module):
                 if jax.tree.leaves(other):
                     nnx.update(layer, new_other)
         h, buf, cache, hook_state = carry
-        out = (h,) + ((buf,) if collect else ()) + ((cache,) if cache is not None else ()) + (
-            (hook_state,) if hook is not None else ())
+        out = (
+            (h,)
+            + ((buf,) if collect else ())
+            + ((cache,) if cache is not None else ())
+            + ((hook_state,) if hook is not None else ())
+        )
         return out[0] if len(out) == 1 else out
