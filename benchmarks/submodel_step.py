@@ -10,7 +10,11 @@ In one run, on the same MLP (``SortedMLP``: ``nn.Linear`` layers, ``nn.LayerStac
   the ideal is (L+1)/(2L));
 * the number of compilations of the sorted step while it trains many sub-models (must be 1).
 
-Timings interleave the variants round by round and take medians. Run::
+Timings interleave the variants round by round and take medians. The default batch (1024) is
+compute-bound, as real training steps are; at small batches the fixed per-step costs (Adam over
+every parameter, and the residuals that ``lax.cond`` under ``grad`` must zero-fill for skipped
+layers: the forward pass alone scales with depth, the backward does not fully) weigh more, e.g.
+batch 256 gave masked-full/plain 1.23x and uniform/full depth 0.80x on the same machine. Run::
 
     python benchmarks/submodel_step.py [--out benchmarks/results/submodel_step.json]
 """
@@ -55,7 +59,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--hidden", type=int, default=512)
     p.add_argument("--layers", type=int, default=8)
-    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--batch", type=int, default=1024)
     p.add_argument("--rounds", type=int, default=30)
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "submodel_step.json"))
     a = p.parse_args(argv)
