@@ -47,6 +47,7 @@ def base_arrays(model):
     return {k: np.asarray(v.get_value()) for k, v in flat if not isinstance(v, lora.LoRAParam)}
 
 
+@pytest.mark.slow
 def test_every_rank_equals_merged_model_and_formula():
     model = tiny_llama()
     paths = lora.apply_dylora(model, ["q", "v"], r=4, alpha=8.0)
@@ -145,6 +146,7 @@ def _frozen_setup(frozen):
     return model, graphdef, params, rest, {"x": TOKENS, "y": y}, pool, loss_fn
 
 
+@pytest.mark.slow
 def test_frozen_mode_moves_only_the_sampled_rank():
     model, graphdef, params, rest, batch, pool, loss_fn = _frozen_setup(frozen=True)
     rank_of_key = lambda k: pool.sample(k).rank  # noqa: E731 - the loss draws the same rank from the same key
@@ -191,6 +193,7 @@ def test_unfrozen_gradient_reaches_ranks_up_to_b():
             assert (np.abs(row).sum() > 0) == (i < b), (name, i)
 
 
+@pytest.mark.slow
 def test_train_updates_only_adapters_sharded_equals_single_device(tmp_path):
     """train(trainable=LoRAParam) with dropout + sampled ranks: base weights bit-identical, and a
     run on a 2x2 (fsdp x tensor) mesh equals the single-device run."""
@@ -312,6 +315,7 @@ def test_save_load_adapter_round_trip(tmp_path):
     np.testing.assert_array_equal(fresh(x), model(x))
 
 
+@pytest.mark.slow
 def test_peft_loads_our_adapter(tmp_path):
     """PEFT runs the adapter at rank r (scale lora_alpha / r): our model at rank r_max, to 1e-4."""
     peft = pytest.importorskip("peft")

@@ -122,6 +122,7 @@ def test_sharded_step_equals_single_device(tmp_path, single_run):
     np.testing.assert_allclose([h["loss"] for h in one.history], [h["loss"] for h in eight.history], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_resume_after_interruption(tmp_path, single_run):
     full = single_run
     state = {"raised": False}

@@ -19,6 +19,7 @@ def _close_up_to_sign(c):
     return np.allclose(c, TRUE, atol=1e-3) or np.allclose(c * [-1, -1, 1], TRUE, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_multistart_recovers_where_single_start_fails():
     single = fit.fit_constants("C*sin(C*x1)+C", X1, Y1, n_starts=1)
     assert single.mse_n > 1e-2 and not _close_up_to_sign(single.constants)  # stuck from 1.0
@@ -30,6 +31,7 @@ def test_multistart_recovers_where_single_start_fails():
     assert wins >= 2
 
 
+@pytest.mark.slow
 def test_backends_agree():
     sks = ["C*sin(C*x1)+C", "C*exp(C*x1)+C", "C*x1**2+C*x1+C"]
     y = [Y1, 0.7 * np.exp(0.4 * X1[:, 0]) - 1.1, 0.5 * X1[:, 0] ** 2 - 2.0 * X1[:, 0] + 0.3]

@@ -12,6 +12,8 @@ from symreg.model import ModelConfig, load_pretrained, save_pretrained
 from symreg.tokenizer import SkeletonTokenizer
 from symreg.train import LengthBuckets, make_arrays, train_symbolicgpt
 
+pytestmark = pytest.mark.slow
+
 TOK = SkeletonTokenizer()
 MAX_LEN = 24
 
