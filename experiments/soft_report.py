@@ -94,30 +94,23 @@ def analyse(cfg: SoftExperiment, models: dict, tok, examples, exits, figdir: str
         kl = analysis.exit_kl(model, tokens, exits, attention_mask=att, heads=heads)
         cos, cos_mat = analysis.hidden_cosine(model, tokens, exits, attention_mask=att)
         if write:
-            figs.append(
-                analysis.heatmap(
-                    kl,
-                    os.path.join(figdir, f"kl_{name}.png"),
-                    title=f"{name}: KL(last || exit) per position",
-                    row_labels=exits,
-                    col_labels=range(length),
-                    xlabel="position",
-                    ylabel="exit",
-                    annotate=False,
+            for kind, per_pos, what in (
+                ("kl", kl, "KL(last || exit)"),
+                ("cosine", cos, "cosine(hidden at exit, last layer)"),
+            ):
+                path = os.path.join(figdir, f"{kind}_{name}.png")
+                figs.append(
+                    analysis.heatmap(
+                        per_pos,
+                        path,
+                        title=f"{name}: {what} per position",
+                        row_labels=exits,
+                        col_labels=range(length),
+                        xlabel="position",
+                        ylabel="exit",
+                        annotate=False,
+                    )
                 )
-            )
-            figs.append(
-                analysis.heatmap(
-                    cos,
-                    os.path.join(figdir, f"cosine_{name}.png"),
-                    title=f"{name}: cosine(hidden at exit, last layer)",
-                    row_labels=exits,
-                    col_labels=range(length),
-                    xlabel="position",
-                    ylabel="exit",
-                    annotate=False,
-                )
-            )
             figs.append(
                 analysis.heatmap(
                     cos_mat,
