@@ -48,6 +48,8 @@ import dataclasses
 import sys
 
 from experiments import flags
+from sortedjax import sharding
+from sortedjax import soft as soft_lib
 from experiments import soft_phases as phases
 from experiments import soft_report as report
 from experiments.soft_report import table  # noqa: F401  (the per-exit table, re-exported)
@@ -156,6 +158,17 @@ class SoftExperiment:
             raise ValueError(f"batch_size {self.batch_size} must be divisible by grad_accum {self.grad_accum}")
         if self.model is None and self.dataset != "builtin":
             raise ValueError("the built-in base model only knows the built-in task; give --model with --dataset")
+        if self.model is None:  # the base model's depth is known: check the layer lists before any work
+            for name in ("exits", "extracted"):
+                spec = getattr(self, name)
+                if name == "extracted" and spec in ("auto", ""):
+                    continue
+                try:
+                    soft_lib.parse_exits(spec, self.base_layers)
+                except ValueError as e:
+                    raise ValueError(f"{name}: {e} (the base model has base_layers={self.base_layers})") from None
+        if self.mesh != "all":
+            sharding.parse_mesh_spec(self.mesh)
 
 
 def parse_args(argv=None) -> SoftExperiment:

@@ -125,12 +125,18 @@ def set_path(tree: dict, path: tuple, value) -> None:
     tree[path[-1]] = value
 
 
+def as_mesh(mesh):
+    """A ``Mesh`` from a ``Mesh``, a ``--mesh`` spec (``"8"``, ``"data:2,fsdp:4"``) or None."""
+    if mesh is None or isinstance(mesh, jax.sharding.Mesh):
+        return mesh
+    return sharding.make_mesh(mesh)
+
+
 def place(make_model, params: Mapping, mesh=None):
     """``make_model()`` built abstractly, filled with ``params`` (a pure dict of its ``nnx.Param``
     state), each array placed in the sharding its logical names give on ``mesh``
     (a ``Mesh``, a ``--mesh`` spec such as ``"8"``, or None)."""
-    if mesh is not None and not isinstance(mesh, jax.sharding.Mesh):
-        mesh = sharding.make_mesh(mesh)
+    mesh = as_mesh(mesh)
     abstract = nnx.eval_shape(make_model)
     graphdef, state, *rest = nnx.split(abstract, nnx.Param, ...)
     if mesh is None:

@@ -75,7 +75,15 @@ def load_records(source: str, *, config: str | None = None, split: str = "train"
             raise ValueError(
                 f"cannot read data file(s) {[str(p) for p in files]}: use one format of {sorted(_BUILDERS)}"
             )
-        ds = datasets.load_dataset(kinds.pop(), data_files=[str(p) for p in files], split="train")
+        empty = [str(p) for p in files if p.stat().st_size == 0]
+        if empty:
+            raise ValueError(f"data file {empty[0]!r} is empty")
+        kind = kinds.pop()
+        try:
+            ds = datasets.load_dataset(kind, data_files=[str(p) for p in files], split="train")
+        except Exception as e:  # datasets hides the cause ("An error occurred while generating the dataset")
+            cause = e.__cause__ or e
+            raise ValueError(f"cannot read {[str(p) for p in files]} as {kind}: {type(cause).__name__}: {cause}") from e
     else:
         ds = datasets.load_dataset(source, config, split=split)
     if limit is not None:

@@ -23,6 +23,8 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES: tuple[str, ...] = ("data", "fsdp", "tensor")
+MAX_SIMULATED_DEVICES = 64  # simulated CPU devices beyond this are refused (SORTEDJAX_MAX_SIMULATED_DEVICES)
+ACCELERATOR_MODULES = ("libtpu", "jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm7_plugin", "jax_rocm60_plugin")
 
 # The one logical-axis rules table. A logical name maps to a mesh axis, a tuple of mesh
 # axes, or None (replicated). Names not listed here are replicated.
@@ -115,7 +117,21 @@ def ensure_devices(n: int) -> None:
     if platforms in ("", "cpu") or "cpu" in platforms.split(","):
         current = jax.config.jax_num_cpu_devices
         if current is None or current < n:
+            cap = int(os.environ.get("SORTEDJAX_MAX_SIMULATED_DEVICES", MAX_SIMULATED_DEVICES))
+            if n > cap and (platforms == "cpu" or not _accelerator_installed()):
+                raise ValueError(
+                    f"mesh needs {n} devices: this host has no accelerator, and simulating more than {cap} "
+                    f"CPU devices is refused (a typo such as fsdp:64 for fsdp:4?); set "
+                    f"SORTEDJAX_MAX_SIMULATED_DEVICES={n} to simulate them anyway"
+                )
             jax.config.update("jax_num_cpu_devices", n)
+
+
+def _accelerator_installed() -> bool:
+    """Whether a TPU / GPU plugin for JAX is installed (checked without starting a backend)."""
+    import importlib.util
+
+    return any(importlib.util.find_spec(m) is not None for m in ACCELERATOR_MODULES)
 
 
 def make_mesh(spec: str | int | Mapping[str, int] = "1") -> Mesh:

@@ -139,3 +139,18 @@ def test_hub_id_goes_through_snapshot_download(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
     with pytest.raises(FileNotFoundError, match="'some-org/tiny-llama' is not a local directory.*no internet"):
         llama.from_pretrained("some-org/tiny-llama")
+
+
+def test_nonfinite_weights_and_mesh_spec_string(tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    save_hf(tmp_path / "ok")
+    model = llama.from_pretrained(str(tmp_path / "ok"), mesh="8")  # a --mesh spec string is accepted
+    assert len(model.layers.layers.mlp.gate.kernel[...].sharding.device_set) == 8
+    tensors = load_file(str(tmp_path / "ok" / "model.safetensors"))
+    tensors["model.layers.1.mlp.up_proj.weight"][0, 0] = np.nan
+    save_file(tensors, str(tmp_path / "ok" / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="bad --mesh spec 'eight'"):
+        llama.from_pretrained(str(tmp_path / "ok"), mesh="eight")
+    with pytest.raises(ValueError, match=r"'model.layers.1.mlp.up_proj.weight' holds non-finite values"):
+        llama.from_pretrained(str(tmp_path / "ok"))

@@ -62,6 +62,15 @@ def test_missing_field_named(tmp_path):
         idata.triviaqa_examples([{"answer": {"value": "a"}}])
 
 
+def test_empty_and_malformed_files_named(tmp_path):
+    (tmp_path / "empty.json").write_text("")
+    with pytest.raises(ValueError, match=r"data file '.*empty.json' is empty"):
+        idata.load_dataset_examples(f"alpaca:{tmp_path / 'empty.json'}")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"cannot read \['.*bad.json'\] as json: .*JSON parse error"):
+        idata.load_dataset_examples(f"alpaca:{tmp_path / 'bad.json'}")
+
+
 def test_tokenizer_roundtrip(tmp_path, tok):
     from transformers import AutoTokenizer
 

@@ -18,6 +18,15 @@ def test_bad_config_named():
         exp.SoftExperiment(batch_size=10, grad_accum=4)
     with pytest.raises(ValueError, match="--model"):
         exp.SoftExperiment(dataset="alpaca:data.json")
+    # layer lists and the mesh are checked before any work (the base model's depth is known)
+    with pytest.raises(ValueError, match=r"exits: exit 9 is outside the model's depth: allowed 1..8"):
+        exp.SoftExperiment(exits="2,9")
+    with pytest.raises(ValueError, match=r"extracted: exit 0 is outside the model's depth: allowed 1..4"):
+        exp.SoftExperiment(extracted="0", base_layers=4)
+    with pytest.raises(ValueError, match="unknown mesh axis 'fsd'"):
+        exp.SoftExperiment(mesh="fsd:8")
+    with pytest.raises(SystemExit):  # the command line turns it into an argparse error (exit 2)
+        exp.parse_args(["--exits", "2,9"])
 
 
 def test_table():

@@ -10,6 +10,7 @@ import numpy as np
 from sortedjax import nn
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+REQUIRED_HF_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
 ROPE_TYPES = nn.attention.ROPE_TYPES
 LLAMA3_KEYS = nn.attention.LLAMA3_KEYS
 
@@ -112,6 +113,9 @@ class LlamaConfig:
     def from_hf(cls, hf_cfg: dict, **overrides) -> LlamaConfig:
         """From a Hugging Face ``config.json`` dict (transformers 4 or 5 rope layout)."""
         hf_cfg = dict(hf_cfg)
+        missing = [k for k in REQUIRED_HF_KEYS if k not in hf_cfg]
+        if missing:
+            raise ValueError(f"config.json lacks required key {missing[0]!r} (a LLaMA config needs {REQUIRED_HF_KEYS})")
         if hf_cfg.get("model_type", "llama") != "llama":
             raise ValueError(f"config model_type is {hf_cfg['model_type']!r}, expected 'llama'")
         if hf_cfg.get("hidden_act", "silu") != "silu":
