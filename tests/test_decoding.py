@@ -9,6 +9,7 @@ import transformers
 from test_llama import save_hf
 
 from sortedjax import decoding
+from sortedjax.decoding import common, early_exit, plain
 from sortedjax.models import llama
 
 
@@ -95,7 +96,7 @@ def test_prefill_and_step_compile_once(ckpt):
     _, _, model = ckpt
     prompt = np.array([[5, 9, 33, 7], [1, 2, 3, 4]])
     decoding.generate(model, prompt, max_new_tokens=5)
-    sizes = decoding._prefill._cache_size(), decoding._step._cache_size()
+    sizes = common.prefill._cache_size(), plain.decode_loop._cache_size()
     for kw in (
         dict(exit_layer=1),
         dict(exit_layer=3, temperature=0.7, top_k=5),
@@ -103,7 +104,7 @@ def test_prefill_and_step_compile_once(ckpt):
         dict(exit_layer=2, stop_tokens=(4,)),
     ):
         decoding.generate(model, prompt + 1, max_new_tokens=5, **kw)
-    assert (decoding._prefill._cache_size(), decoding._step._cache_size()) == sizes
+    assert (common.prefill._cache_size(), plain.decode_loop._cache_size()) == sizes
 
 
 def test_sampling_controls():
@@ -143,7 +144,8 @@ def test_speculation_with_full_depth_draft_accepts_everything(ckpt):
     _, _, model = ckpt
     spec, stats = decoding.speculative_generate(model, PROMPTS, max_new_tokens=9, draft_exit=4, num_draft=3)
     np.testing.assert_array_equal(spec, decoding.generate(model, PROMPTS, max_new_tokens=9))
-    assert stats == {"tokens_per_verify": 4.0, "verifies": 2}
+    assert stats["tokens_per_verify"] == 4.0 and stats["verifies"] == 2
+    assert stats["acceptance_rate"] == 1.0 and stats["rejection_ratio"] == 0.0
 
 
 def test_bad_generation_arguments(ckpt):
@@ -174,4 +176,4 @@ def test_confidence_early_exit(ckpt):
     assert (used[:, 1:] == 2).all()
     mid, used = decoding.early_exit_generate(model, tokens, exits=(1, 2, 3), threshold=0.05, **kw)
     assert mid.shape == (3, 8) and set(np.unique(used[:, 1:])) <= {1, 2, 3, 4}
-    assert decoding._early_exit_step._cache_size() == 1
+    assert early_exit.early_exit_loop._cache_size() == 1

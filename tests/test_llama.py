@@ -149,7 +149,18 @@ def test_bad_config_values():
         llama.LlamaConfig(num_attention_heads=4, num_key_value_heads=3, hidden_size=32)
     with pytest.raises(ValueError, match="yarn"):
         llama.LlamaConfig.from_hf(
-            {"hidden_size": 32, "num_attention_heads": 4, "rope_parameters": {"rope_type": "yarn", "rope_theta": 1.0}}
+            {
+                "hidden_size": 32,
+                "num_attention_heads": 4,
+                "vocab_size": 9,
+                "intermediate_size": 8,
+                "num_hidden_layers": 1,
+                "rope_parameters": {"rope_type": "yarn", "rope_theta": 1.0},
+            }
+        )
+    with pytest.raises(ValueError, match="config.json lacks required key 'intermediate_size'"):
+        llama.LlamaConfig.from_hf(
+            {"hidden_size": 32, "num_attention_heads": 4, "vocab_size": 9, "num_hidden_layers": 1}
         )
     with pytest.raises(ValueError, match="dtype"):
         llama.LlamaConfig(dtype="float16")
@@ -177,3 +188,32 @@ def test_traced_exits_and_gradients_stop_at_the_exit(tmp_path):
     grads = nnx.grad(loss)(model)
     g = np.asarray(grads["layers"]["layers"]["mlp"]["up"]["kernel"][...])
     assert np.abs(g[:2]).sum() > 0 and np.abs(g[2]).sum() == 0
+
+
+def test_eager_calls_run_one_compiled_program_for_every_exit():
+    from sortedjax.nn import eager
+
+    cfg = llama.LlamaConfig(
+        vocab_size=31, hidden_size=16, intermediate_size=24, num_hidden_layers=3, num_attention_heads=2
+    )
+    model = llama.Llama(cfg, rngs=nnx.Rngs(0))
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, 31, (2, 5)))
+    before = eager._run._cache_size()
+    outs = [model(tokens, exit_layer=e) for e in (1, 2, 3)]
+    assert eager._run._cache_size() == before + 1  # one program for every depth
+    for e, out in zip((1, 2, 3), outs):  # equals the op-by-op forward
+        kw = dict(width=None, heads=None, rank=None)
+        np.testing.assert_allclose(out, model._logits(tokens, e, None, None, kw), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="token id -1 outside the vocabulary: allowed 0..30"):
+        model(tokens.at[0, 0].set(-1))
+
+
+def test_simulated_mesh_larger_than_the_cap_is_refused():
+    import subprocess
+    import sys
+
+    code = "from sortedjax import sharding; sharding.make_mesh('data:2,fsdp:64')"
+    env = {**__import__("os").environ, "JAX_PLATFORMS": "cpu"}
+    env.pop("SORTEDJAX_MAX_SIMULATED_DEVICES", None)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode != 0 and "simulating more than 64 CPU devices is refused" in out.stderr

@@ -50,7 +50,23 @@ class DecoderLayer(nnx.Module):
             D, cfg.intermediate_size, activation="silu", gated=True, dtype=dt, kernel_init=init, rngs=rngs
         )
 
-    def __call__(self, x, *, mask, positions, width=None, heads=None, rank=None, cache=None, layer=None, start=None):
+    def __call__(
+        self,
+        x,
+        *,
+        mask,
+        positions,
+        width=None,
+        heads=None,
+        rank=None,
+        cache=None,
+        layer=None,
+        start=None,
+        kv_only=False,
+    ):
+        if kv_only:  # state copying: this layer's keys / values from x, x passes unchanged
+            kv = dict(positions=positions, rank=rank, cache=cache, layer=layer, start=start)
+            return x, self.attn(self.attn_norm(x), kv_only=True, **kv)
         a = self.attn(
             self.attn_norm(x),
             mask=mask,
@@ -139,7 +155,6 @@ class Llama(nnx.Module):
         )
 
     def _run(self, tokens_BxL, depth, exits, attention_mask, positions, kw):
-        self.check_ids(tokens_BxL)
         B, L = tokens_BxL.shape
         mask_BxL = jnp.ones((B, L), bool) if attention_mask is None else jnp.asarray(attention_mask).astype(bool)
         if positions is None:  # padding-aware positions, as transformers' generate uses
@@ -161,17 +176,30 @@ class Llama(nnx.Module):
     def __call__(
         self, tokens_BxL, exit_layer=None, attention_mask=None, positions=None, *, sub: SubModel | None = None
     ):
-        """Logits B x L x V of sub-model ``sub`` (or the first ``exit_layer`` layers; may be traced)."""
+        """Logits B x L x V of sub-model ``sub`` (or the first ``exit_layer`` layers; may be traced).
+
+        Sizes and token ids are checked here, on the host; called eagerly, the forward pass runs
+        as one compiled program (:func:`sortedjax.nn.eager.jit_call`).
+        """
         depth, kw = self._sizes(sub, exit_layer)
+        self.check_ids(tokens_BxL)
+        return nn.eager.jit_call(self, "_logits", tokens_BxL, depth, attention_mask, positions, kw)
+
+    def _logits(self, tokens_BxL, depth, attention_mask, positions, kw):
         h = self._run(tokens_BxL, depth, None, attention_mask, positions, kw)
         return self.logits_at_exit(h, self.cfg.num_hidden_layers if depth is None else depth)
 
     def hidden_states(self, tokens_BxL, exits, attention_mask=None, positions=None, *, sub: SubModel | None = None):
         """Pre-final-norm hidden states E x B x L x D after each exit (1-based layer counts)."""
-        exits_E = exits if isinstance(exits, jax.Array) else tuple(int(e) for e in exits)
-        depth = jnp.max(exits_E) if isinstance(exits_E, jax.Array) else max(exits_E)
+        if not isinstance(exits, jax.Array):
+            self.layers.check_exits(exits)
         _, kw = self._sizes(sub, None)
-        _, h_E = self._run(tokens_BxL, depth, exits_E, attention_mask, positions, kw)
+        self.check_ids(tokens_BxL)
+        exits_E = jnp.asarray(exits, jnp.int32)
+        return nn.eager.jit_call(self, "_hidden", tokens_BxL, exits_E, attention_mask, positions, kw)
+
+    def _hidden(self, tokens_BxL, exits_E, attention_mask, positions, kw):
+        _, h_E = self._run(tokens_BxL, jnp.max(exits_E), exits_E, attention_mask, positions, kw)
         return h_E
 
     def init_cache(self, batch: int, length: int) -> nn.KVCache:
@@ -189,18 +217,27 @@ class Llama(nnx.Module):
         sub: SubModel | None = None,
         hook=None,
         hook_state=None,
+        start_layer=None,
+        h_BxTxD=None,
+        kv_only: bool = False,
     ):
         """Run ``T`` new tokens written at cache slots ``start..start+T-1`` (see the protocol).
 
         A query attends to valid slots ``<=`` its own. Layers past ``exit_layer`` are skipped and
         their cache entries left untouched. Returns ``(pre-norm h, cache[, hook_state])``.
+        ``start`` and ``positions_BxT`` may differ per row (``start``: ``B``). ``start_layer``
+        and ``h_BxTxD``: run only layers ``start_layer+1..exit_layer`` on the state after
+        ``start_layer`` layers; ``kv_only``: those layers only write keys / values from ``h``.
         """
         depth, kw = self._sizes(sub, exit_layer)
-        x = self.embed(tokens_BxT)
+        x = self.embed(tokens_BxT) if h_BxTxD is None else h_BxTxD
         mask = cache.attention_mask(start, tokens_BxT.shape[1])
+        if kv_only:
+            kw["kv_only"] = True
         return self.layers(
             x,
             depth=depth,
+            first_layer=start_layer,
             cache=cache,
             hook=hook,
             hook_state=hook_state,
@@ -284,6 +321,7 @@ def _hf_names(cfg: LlamaConfig):
 
 def from_pretrained(path_or_id: str, dtype: str = "float32", mesh=None, **overrides: Any) -> Llama:
     """Load a Hugging Face LLaMA checkpoint (local dir or hub id), params placed into ``mesh`` shardings."""
+    mesh = hf.as_mesh(mesh)  # a bad --mesh spec fails before any reading
     d = hf.resolve(path_or_id)
     cfg = LlamaConfig.from_hf(hf.load_config(d), dtype=dtype, **overrides)
     sd = hf.load_state_dict(d)

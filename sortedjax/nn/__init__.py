@@ -7,6 +7,7 @@ sliced weights and one compiled program serves every sub-model. :class:`LayerSta
 only layer runner (depth gating, exits, KV cache, remat).
 """
 
+from sortedjax.nn import eager  # noqa: F401
 from sortedjax.nn.attention import Attention, KVCache, RoPE
 from sortedjax.nn.conv import Conv
 from sortedjax.nn.linear import Embed, Linear

@@ -94,16 +94,29 @@ class KVCache:
         return self.k.shape[2]
 
     def write(self, layer, start, k_BxTxGxK, v_BxTxGxK):
-        """The cache with layer ``layer``'s new entries, and that layer's keys / values ``B x S x G x K``."""
-        at = (layer, 0, start, 0, 0)
-        k = lax.dynamic_update_slice(self.k, k_BxTxGxK[None].astype(self.k.dtype), at)
-        v = lax.dynamic_update_slice(self.v, v_BxTxGxK[None].astype(self.v.dtype), at)
+        """The cache with layer ``layer``'s new entries, and that layer's keys / values ``B x S x G x K``.
+
+        ``start``: one slot for every row (scalar) or a slot per row (``B``; rows of a batch that
+        accepted different numbers of speculative tokens). Entries past the last slot are dropped.
+        """
+        start = jnp.asarray(start)
+        if start.ndim == 0:
+            at = (layer, 0, start, 0, 0)
+            k = lax.dynamic_update_slice(self.k, k_BxTxGxK[None].astype(self.k.dtype), at)
+            v = lax.dynamic_update_slice(self.v, v_BxTxGxK[None].astype(self.v.dtype), at)
+        else:
+            B, T = k_BxTxGxK.shape[:2]
+            rows, slots = jnp.arange(B)[:, None], start[:, None] + jnp.arange(T)
+            k = self.k.at[layer, rows, slots].set(k_BxTxGxK.astype(self.k.dtype), mode="drop")
+            v = self.v.at[layer, rows, slots].set(v_BxTxGxK.astype(self.v.dtype), mode="drop")
         return dataclasses.replace(self, k=k, v=v), k[layer], v[layer]
 
     def attention_mask(self, start, length: int):
-        """``B x T x S``: query ``t`` (at slot ``start + t``) sees valid slots up to its own."""
-        q_slot = start + jnp.arange(length)
-        return (jnp.arange(self.length)[None, :] <= q_slot[:, None])[None] & self.valid[:, None, :]
+        """``B x T x S``: query ``t`` (at slot ``start + t``; ``start`` scalar or per row ``B``) sees
+        valid slots up to its own."""
+        q_slot = jnp.asarray(start)[..., None] + jnp.arange(length)  # T or B x T
+        q_slot = q_slot[None] if q_slot.ndim == 1 else q_slot
+        return (jnp.arange(self.length) <= q_slot[..., None]) & self.valid[:, None, :]
 
 
 class Attention(nnx.Module):
@@ -152,21 +165,29 @@ class Attention(nnx.Module):
         cache: KVCache | None = None,
         layer=None,
         start=None,
+        kv_only: bool = False,
     ):
         """Attention output ``B x T x D`` (and the updated cache when ``cache`` is given).
 
         ``mask``: bool, broadcastable to ``B x T x S`` (True = may attend). ``positions``:
         ``B x T`` (needed with RoPE). With ``cache``, this chunk's keys / values are written at
-        ``layer``, slots ``start..``, and the queries attend to the whole cache.
+        ``layer``, slots ``start..``, and the queries attend to the whole cache. ``kv_only``
+        (with a cache): only write the keys / values and return the cache (state copying for
+        layers an early-exited token skips).
         """
-        q = self.q(x_BxTxD, rank=rank)
         k = self.k(x_BxTxD, rank=rank)
         v = self.v(x_BxTxD, rank=rank)
+        q = None if kv_only else self.q(x_BxTxD, rank=rank)
         if self.rope is not None:
             if positions is None:
                 raise ValueError("Attention with RoPE needs positions (B x T)")
-            cos, sin = self.rope.tables(positions, q.dtype)
-            q, k = RoPE.rotate(q, cos, sin), RoPE.rotate(k, cos, sin)
+            cos, sin = self.rope.tables(positions, k.dtype)
+            k = RoPE.rotate(k, cos, sin)
+            q = None if kv_only else RoPE.rotate(q, cos, sin)
+        if kv_only:
+            if cache is None:
+                raise ValueError("kv_only needs a cache to write to")
+            return cache.write(layer, start, k, v)[0]
         if cache is not None:
             cache, k, v = cache.write(layer, start, k, v)
         elif self.causal:

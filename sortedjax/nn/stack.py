@@ -87,15 +87,18 @@ class LayerStack(nnx.Module):
         x,
         *,
         depth=None,
+        first_layer=None,
         exits: Sequence[int] | jax.Array | None = None,
         cache=None,
         hook: Hook | None = None,
         hook_state=None,
         **kwargs,
     ):
-        """Run ``x`` through layers ``0..depth-1`` (``None``: all).
+        """Run ``x`` through layers ``first_layer..depth-1`` (``None``: from 0 / through all).
 
         Args:
+          first_layer: layers before it are skipped (``x`` is the state after them; may be traced):
+            verification of a self-speculative draft runs only the layers the draft did not.
           exits: distinct 1-based layer counts whose hidden states to collect (static ints or an
             int32 array); exit ``e`` holds the state after layer ``e`` (after ``depth`` layers
             when ``e > depth``: skipped layers are the identity).
@@ -110,6 +113,7 @@ class LayerStack(nnx.Module):
         """
         self.check_depth(depth)
         depth_ = jnp.asarray(self.num_layers if depth is None else depth, jnp.int32)
+        first_ = jnp.asarray(0 if first_layer is None else first_layer, jnp.int32)
         collect = exits is not None
         if collect:
             self.check_exits(exits)
@@ -136,7 +140,7 @@ class LayerStack(nnx.Module):
             def step(carry, p, o, i):
                 h, buf, cache, hs = carry
                 h, cache, hs, o = lax.cond(
-                    i < depth_, run, lambda p, o, i, h, c, s: (h, c, s, o), p, o, i, h, cache, hs
+                    (i >= first_) & (i < depth_), run, lambda p, o, i, h, c, s: (h, c, s, o), p, o, i, h, cache, hs
                 )
                 if collect:  # write only the slot of a hit exit (no E x ... broadcast select per layer)
                     hit = exits_E == i + 1
@@ -147,6 +151,10 @@ class LayerStack(nnx.Module):
 
             return step
 
+        if cache is not None and self.stacked and not collect:  # decoding: loop over exactly the run layers
+            graphdef, params, other = nnx.split(self.layers, nnx.Param, ...)
+            if not jax.tree.leaves(other):
+                return self._run_cached(graphdef, params, first_, depth_, x, cache, hook, hook_state, kwargs)
         carry = (x, buf, cache, hook_state)
         if self.stacked:
             graphdef, params, other = nnx.split(self.layers, nnx.Param, ...)
@@ -169,3 +177,19 @@ class LayerStack(nnx.Module):
             + ((hook_state,) if hook is not None else ())
         )
         return out[0] if len(out) == 1 else out
+
+    def _run_cached(self, graphdef, params, first_, depth_, x, cache, hook, hook_state, kwargs):
+        """Layers ``first_..depth_-1`` as a ``fori_loop`` with traced bounds: no per-layer ``lax.cond``
+        carrying the whole KV cache through both branches (which copies it on CPU), so decoding
+        pays only for the layers it runs."""
+
+        def body(i, c):
+            h, cache, hs = c
+            layer = nnx.merge(graphdef, jax.tree.map(lambda w: lax.dynamic_index_in_dim(w, i, keepdims=False), params))
+            out, cache = layer(h, cache=cache, layer=i, **kwargs)
+            if hook is not None:
+                out, hs = hook(i, h, out, hs)
+            return out, cache, hs
+
+        h, cache, hook_state = lax.fori_loop(first_, depth_, body, (x, cache, hook_state))
+        return (h, cache) + ((hook_state,) if hook is not None else ())

@@ -1,0 +1,35 @@
+"""Eager model calls through one cached ``jax.jit`` program.
+
+Called outside any trace, a Flax NNX model runs op by op: on a tiny LLaMA that is 0.8-2.6 s
+per call, against about 2 ms compiled. :func:`jit_call` runs ``module.method(*args)`` through a
+``jax.jit`` keyed by the module's graph (static) and the arguments' shapes and dtypes, so the
+first call compiles (a second or so for a small model) and every later call with the same
+shapes reuses the program; Python ints among ``args`` become traced int32 values, so, e.g.,
+every exit depth shares one program. Inside ``jax.jit`` / ``nnx.jit`` / ``nnx.grad`` (any traced
+argument or parameter) the method runs directly. Only for methods that do not update the
+module's state (the jitted call cannot write it back).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+from flax import nnx
+
+
+def _traced(tree) -> bool:
+    return any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(tree))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _run(graphdef, method: str, state, args):
+    return getattr(nnx.merge(graphdef, state), method)(*args)
+
+
+def jit_call(module: nnx.Module, method: str, *args):
+    """``getattr(module, method)(*args)``, compiled once per graph and argument shapes when eager."""
+    graphdef, state = nnx.split(module)
+    if _traced((state, args)):
+        return getattr(module, method)(*args)
+    return _run(graphdef, method, state, args)
