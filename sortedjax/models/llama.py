@@ -24,6 +24,7 @@ from flax import nnx
 from jax import lax
 
 from sortedjax import hf, nn, sharding
+from sortedjax.models import common
 from sortedjax.models.llama_config import DTYPES, LlamaConfig  # noqa: F401 - re-exported
 from sortedjax.submodel import SubModel, check_sizes
 
@@ -114,12 +115,7 @@ class Llama(nnx.Module):
 
     def _sizes(self, sub: SubModel | None, exit_layer):
         """(depth, layer kwargs) of ``sub`` / ``exit_layer``, validated when concrete."""
-        if sub is not None and exit_layer is not None and sub.depth is not None:
-            raise ValueError("give the depth once: sub=SubModel(depth=...) or exit_layer=..., not both")
-        sub = sub or SubModel()
-        depth = sub.depth if exit_layer is None else exit_layer
-        check_sizes({"depth": depth, "width": sub.width, "heads": sub.heads}, self.limits)
-        return depth, dict(width=sub.width, heads=sub.heads, rank=sub.rank)
+        return common.sizes(sub, exit_layer, self.limits)
 
     def check_exit(self, exit_layer):
         check_sizes({"depth": exit_layer}, self.limits)
@@ -166,12 +162,7 @@ class Llama(nnx.Module):
 
     def check_ids(self, tokens) -> None:
         """Token ids outside the vocabulary raise (concrete ids only; ``jnp.take`` would give NaN)."""
-        if isinstance(tokens, jax.core.Tracer):
-            return
-        t = np.asarray(tokens)
-        if t.size and (t.min() < 0 or t.max() >= self.cfg.vocab_size):
-            bad = int(t.min()) if t.min() < 0 else int(t.max())
-            raise ValueError(f"token id {bad} outside the vocabulary: allowed 0..{self.cfg.vocab_size - 1}")
+        common.check_ids(tokens, self.cfg.vocab_size)
 
     def __call__(
         self, tokens_BxL, exit_layer=None, attention_mask=None, positions=None, *, sub: SubModel | None = None
