@@ -223,7 +223,15 @@ def finetune(ctx: Context, mode: str, init_path: str, exits, *, steps: int, lr: 
     name = mode if mode != "extracted" else f"extracted_{exits[0]}"
     kw = {"trainable": soft.head_filter()} if mode == "sft_ict" else {}
     t0 = time.time()
-    res = train(model, soft.make_loss(scfg), ctx.data, _train_cfg(cfg, name, steps, lr), mesh=ctx.mesh, **kw)
+    run = {
+        "mode": mode,
+        "exits": list(exits),
+        "init": os.path.relpath(init_path, cfg.workdir),
+        "response_len": scfg.response_len,
+    }
+    res = train(
+        model, soft.make_loss(scfg), ctx.data, _train_cfg(cfg, name, steps, lr), mesh=ctx.mesh, run_config=run, **kw
+    )
     last = res.history[-1] if res.history else {}
     log(f"{name}: {steps} steps, loss {last.get('loss', float('nan')):.3f} ({time.time() - t0:.0f}s)")
     return res.model, last

@@ -108,7 +108,7 @@ def train_one(cfg: Config, method: str, seed: int, data: dict) -> SortedMLP:
         log_every=batches.steps_per_epoch,
         desc=f"{method} seed {seed}",
     )
-    return train(model, loss_fn, batches, tcfg).model
+    return train(model, loss_fn, batches, tcfg, run_config={"method": method}).model  # data, sizes: recorded by train
 
 
 @nnx.jit

@@ -215,11 +215,14 @@ def train_model(cfg: Config):
     from symreg.train import make_arrays, train_symbolicgpt
 
     model_dir = os.path.join(cfg.workdir, "model")
+    retrain = False  # a finished model of another length is trained again from scratch
     if os.path.exists(os.path.join(model_dir, "config.json")):
         model, saved = load_pretrained(model_dir)
         if saved.get("steps") == cfg.steps:
             print(f"using the trained model in {model_dir}")
             return model
+        print(f"the model in {model_dir} was trained {saved.get('steps')} steps, not {cfg.steps}: training again")
+        retrain = True
     tok = SkeletonTokenizer()
     t0 = time.time()
     instances = _ensure_dataset(cfg, "train", cfg.n_train, cfg.seed)
@@ -242,7 +245,7 @@ def train_model(cfg: Config):
         desc="train symbolicgpt",
     )
     t0 = time.time()
-    result = train_symbolicgpt(mcfg, arrays, tcfg, batch_size=cfg.batch_size)
+    result = train_symbolicgpt(mcfg, arrays, tcfg, batch_size=cfg.batch_size, restart=retrain)
     last = result.history[-1] if result.history else {}
     print(
         f"trained {result.step} steps in {time.time() - t0:.0f}s: "

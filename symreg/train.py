@@ -10,6 +10,8 @@ id are masked out of the loss.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -89,10 +91,14 @@ def make_loss_fn(pad_id: int = 0):
     return loss_fn
 
 
-def train_symbolicgpt(model_cfg: ModelConfig, arrays: dict, train_cfg, *, batch_size: int, mesh=None):
-    """Train a fresh model (or resume the run in ``train_cfg.workdir``); returns the TrainResult."""
-    from sortedjax.train import train
+def train_symbolicgpt(
+    model_cfg: ModelConfig, arrays: dict, train_cfg, *, batch_size: int, mesh=None, restart: bool = False
+):
+    """Train a fresh model (or resume the run in ``train_cfg.workdir``; ``restart``: start it over,
+    moving the old run aside); returns the TrainResult."""
+    from sortedjax.train import array_fingerprint, train
 
     model = SymbolicGPT(model_cfg, rngs=nnx.Rngs(train_cfg.seed))
     data = LengthBuckets(arrays, batch_size, seed=train_cfg.seed, pad_id=model_cfg.pad_id)
-    return train(model, make_loss_fn(model_cfg.pad_id), data, train_cfg, mesh=mesh)
+    run = {"model": dataclasses.asdict(model_cfg), "batch_size": batch_size, "arrays": array_fingerprint(arrays)}
+    return train(model, make_loss_fn(model_cfg.pad_id), data, train_cfg, mesh=mesh, run_config=run, restart=restart)

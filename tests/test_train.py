@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import jax
@@ -50,11 +51,32 @@ def test_many_submodels_compile_once(tmp_path):
     assert step._cache_size() == 1  # ...with one compilation
 
 
-def _run(workdir, steps, data, **kw):
-    cfg = TrainConfig(
-        workdir=str(workdir), steps=steps, learning_rate=0.01, checkpoint_every=4, log_every=1, progress=False, **kw
-    )
-    return train(SortedMLP(CFG, rngs=nnx.Rngs(0)), _loss, data, cfg)
+def _run(workdir, steps, data, *, model=None, run_config=None, restart=False, allow_changes=(), **kw):
+    kw = dict(learning_rate=0.01, checkpoint_every=4, log_every=1, progress=False) | kw
+    cfg = TrainConfig(workdir=str(workdir), steps=steps, **kw)
+    model = model or SortedMLP(CFG, rngs=nnx.Rngs(0))
+    return train(model, _loss, data, cfg, run_config=run_config, restart=restart, allow_changes=allow_changes)
+
+
+def _assert_same_params(a, b):
+    a, b = _params(a), _params(b)
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_caller_model_stays_usable(tmp_path):
+    """The step donates its parameter buffers; the caller's model must not lose its arrays."""
+    model = SortedMLP(CFG, rngs=nnx.Rngs(0))
+    before, x = _params(model), _data()["x"][:8]
+    y = np.asarray(model(x))
+    res = _run(tmp_path, 5, ArrayBatches(_data(), 16), model=model)  # donate=True (the default)
+    np.testing.assert_array_equal(np.asarray(model(x)), y)
+    for k, v in _params(model).items():
+        np.testing.assert_array_equal(v, before[k], err_msg=k)
+    assert any(not np.array_equal(v, before[k]) for k, v in _params(res.model).items())
+    res.model(x)  # the trained model is usable too, and shares no Variables with the caller's
+    assert res.model.inp.kernel is not model.inp.kernel
 
 
 def test_interrupted_run_resumes_exactly(tmp_path):
@@ -70,11 +92,8 @@ def test_interrupted_run_resumes_exactly(tmp_path):
         _run(tmp_path / "run", 11, interrupting)
     part = _run(tmp_path / "run", 11, data)  # restart in the same workdir
     assert part.resumed_from == 6
-    a, b = _params(ref.model), _params(part.model)
-    assert a.keys() == b.keys()
-    for k in a:
-        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-    rows = [json.loads(x) for x in open(tmp_path / "run" / "metrics.jsonl")]
+    _assert_same_params(ref.model, part.model)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 12))
     assert [r["loss"] for r in rows] == [r["loss"] for r in ref.history]
 
@@ -95,8 +114,59 @@ def test_hard_kill_resumes_from_last_checkpoint(tmp_path):
         _run(tmp_path / "run", 10, dying)  # checkpoint at step 4 only
     part = _run(tmp_path / "run", 10, data)
     assert part.resumed_from == 4
-    for k, v in _params(ref.model).items():
-        np.testing.assert_array_equal(v, _params(part.model)[k])
+    _assert_same_params(ref.model, part.model)
+
+
+def test_changed_configuration_is_refused_with_the_differences(tmp_path):
+    data = ArrayBatches(_data(), 16, seed=3)
+    _run(tmp_path, 4, data, run_config={"task": "a", "width": 16})
+    # how a run is shown or saved is not its configuration
+    again = _run(tmp_path, 4, data, run_config={"task": "a", "width": 16}, log_every=2, checkpoint_every=3, desc="x")
+    assert again.resumed_from == 4
+    with pytest.raises(ValueError) as err:
+        _run(tmp_path, 6, data, run_config={"task": "b", "width": 16}, learning_rate=0.02, log_every=3, desc="y")
+    msg = str(err.value)
+    assert f"workdir {tmp_path} holds a run with a different configuration" in msg
+    assert "learning_rate: 0.01 (stored) -> 0.02 (now)" in msg
+    assert "steps: 4 (stored) -> 6 (now)" in msg
+    assert "run_config.task: 'a' (stored) -> 'b' (now)" in msg
+    assert "restart=True" in msg and "allow_changes=('learning_rate', 'steps', 'task')" in msg
+    assert not any(f in msg for f in ("log_every", "desc", "progress", "checkpoint_every", "width"))
+    with pytest.raises(
+        ValueError, match=r"data.arrays.x: 'float32\[64,4\] \w+' \(stored\) -> 'float32\[64,4\] \w+' \(now\)"
+    ):
+        _run(tmp_path, 4, ArrayBatches(_data(seed=1), 16, seed=3), run_config={"task": "a", "width": 16})
+    small = SortedMLP(dataclasses.replace(CFG, hidden=8), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError) as err:
+        _run(tmp_path, 4, data, model=small, run_config={"task": "a", "width": 16})
+    msg = str(err.value)
+    assert "trainable inp/kernel: float32[4,16] (stored) -> float32[4,8] (now)" in msg
+    assert "cannot continue with this model" in msg and "allow_changes" not in msg
+
+
+def test_allow_changes_continues_the_stored_run(tmp_path):
+    data = ArrayBatches(_data(), 16, seed=3)
+    ref = _run(tmp_path / "ref", 8, data)
+    _run(tmp_path / "run", 4, data)
+    with pytest.raises(ValueError, match=r"allow_changes names \['stepz'\]"):
+        _run(tmp_path / "run", 8, data, allow_changes=("stepz",))
+    longer = _run(tmp_path / "run", 8, data, allow_changes=("steps",))
+    assert (longer.resumed_from, longer.step) == (4, 8)
+    _assert_same_params(ref.model, longer.model)  # constant schedule: 4 + 4 steps == 8 steps
+    record = json.loads((tmp_path / "run" / "run_config.json").read_text())
+    assert record["train"]["steps"] == 8 and record["changes"] == [{"step": 4, "steps": [4, 8]}]
+    assert _run(tmp_path / "run", 8, data).resumed_from == 8  # the new configuration is the stored one now
+
+
+def test_restart_moves_the_old_run_aside(tmp_path):
+    data = ArrayBatches(_data(), 16, seed=3)
+    _run(tmp_path, 4, data)
+    res = _run(tmp_path, 4, data, learning_rate=0.02, restart=True)
+    assert res.resumed_from is None and res.step == 4
+    (old,) = (tmp_path / "old").iterdir()
+    assert json.loads((old / "run_config.json").read_text())["train"]["learning_rate"] == 0.01
+    assert (old / "checkpoints" / "4").is_dir() and (old / "metrics.jsonl").exists()
+    assert json.loads((tmp_path / "run_config.json").read_text())["train"]["learning_rate"] == 0.02
 
 
 def test_nan_stops_with_message(tmp_path):
@@ -111,9 +181,13 @@ def test_eight_device_step_equals_single_device(tmp_path):
     data = ArrayBatches(_data(), 16, seed=1)
     common = dict(steps=5, learning_rate=0.01, progress=False, checkpoint_every=100, grad_accum=2)
     single = train(SortedMLP(CFG, rngs=nnx.Rngs(0)), _loss, data, TrainConfig(workdir=str(tmp_path / "a"), **common))
-    sharded = train(
-        SortedMLP(CFG, rngs=nnx.Rngs(0)), _loss, data, TrainConfig(workdir=str(tmp_path / "b"), **common), mesh=mesh
-    )
+    model = SortedMLP(CFG, rngs=nnx.Rngs(0))
+    state = nnx.state(model)
+    nnx.update(model, jax.device_put(state, sharding.state_shardings(state, mesh)))  # already laid out on the mesh
+    before = _params(model)
+    sharded = train(model, _loss, data, TrainConfig(workdir=str(tmp_path / "b"), **common), mesh=mesh)
+    for k, v in _params(model).items():  # the caller's sharded model kept its (donated-from) arrays
+        np.testing.assert_array_equal(v, before[k], err_msg=k)
     w = nnx.state(sharded.model, nnx.Param)["blocks"]["layers"]["dense"]["kernel"][...]
     assert len(w.sharding.device_set) == 8 and w.sharding.spec[1] == "fsdp"  # really sharded
     a, b = _params(single.model), _params(sharded.model)
