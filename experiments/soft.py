@@ -48,11 +48,11 @@ import dataclasses
 import sys
 
 from experiments import flags
-from sortedjax import sharding
-from sortedjax import soft as soft_lib
 from experiments import soft_phases as phases
 from experiments import soft_report as report
 from experiments.soft_report import table  # noqa: F401  (the per-exit table, re-exported)
+from sortedjax import sharding
+from sortedjax import soft as soft_lib
 
 DTYPES = ("float32", "bfloat16")
 

@@ -69,13 +69,20 @@ def check_ids(tokens, num: int, what: str = "token id", where: str = "the vocabu
         raise ValueError(f"{what} {bad} outside {where}: allowed 0..{num - 1}")
 
 
-def sizes(sub: SubModel | None, exit_layer, limits) -> tuple:
-    """(depth, layer kwargs ``width`` / ``heads`` / ``rank``) of ``sub`` or ``exit_layer``, checked."""
+def sizes(sub: SubModel | None, exit_layer, limits, model: nnx.Module | None = None) -> tuple:
+    """(depth, layer kwargs ``width`` / ``heads`` / ``rank``) of ``sub`` or ``exit_layer``, checked
+    (a concrete rank against the r_max of ``model``'s DyLoRA adapters)."""
     if sub is not None and exit_layer is not None and sub.depth is not None:
         raise ValueError("give the depth once: sub=SubModel(depth=...) or exit_layer=..., not both")
     sub = sub or SubModel()
     depth = sub.depth if exit_layer is None else exit_layer
     check_sizes({"depth": depth, "width": sub.width, "heads": sub.heads}, limits)
+    if model is not None and sub.rank is not None and not isinstance(sub.rank, jax.core.Tracer):
+        from sortedjax import lora
+
+        r_max = [a.r_max for a in lora.adapters(model).values()]
+        if r_max:
+            lora.check_rank(sub.rank, min(r_max))
     return depth, dict(width=sub.width, heads=sub.heads, rank=sub.rank)
 
 

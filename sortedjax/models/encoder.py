@@ -104,7 +104,7 @@ class Encoder(nnx.Module):
         self, tokens_BxL, attention_mask=None, token_type_ids=None, positions=None, *, sub: SubModel | None = None
     ):
         """Classification logits ``B x num_labels`` (regression values when ``num_labels == 1``)."""
-        depth, kw = common.sizes(sub, None, self.limits)
+        depth, kw = common.sizes(sub, None, self.limits, self)
         self._check(tokens_BxL, token_type_ids, positions)
         args = (tokens_BxL, depth, attention_mask, token_type_ids, positions, kw)
         return nn.eager.jit_call(self, "_logits", *args)
@@ -117,7 +117,7 @@ class Encoder(nnx.Module):
         """Hidden states ``E x B x L x D`` after each exit (1-based layer counts; post-LN, as HF's)."""
         if not isinstance(exits, jax.Array):
             self.layers.check_exits(exits)
-        _, kw = common.sizes(sub, None, self.limits)
+        _, kw = common.sizes(sub, None, self.limits, self)
         self._check(tokens_BxL, token_type_ids, positions)
         exits_E = jnp.asarray(exits, jnp.int32)
         args = (tokens_BxL, exits_E, attention_mask, token_type_ids, positions, kw)

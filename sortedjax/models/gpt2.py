@@ -113,7 +113,7 @@ class GPT2(nnx.Module):
         self, tokens_BxL, exit_layer=None, attention_mask=None, positions=None, *, sub: SubModel | None = None
     ):
         """Logits ``B x L x V`` of sub-model ``sub`` (or the first ``exit_layer`` blocks; may be traced)."""
-        depth, kw = common.sizes(sub, exit_layer, self.limits)
+        depth, kw = common.sizes(sub, exit_layer, self.limits, self)
         self._check(tokens_BxL, positions)
         return nn.eager.jit_call(self, "_logits", tokens_BxL, depth, attention_mask, positions, kw)
 
@@ -125,7 +125,7 @@ class GPT2(nnx.Module):
         """Pre-final-LayerNorm hidden states ``E x B x L x D`` after each exit (1-based layer counts)."""
         if not isinstance(exits, jax.Array):
             self.layers.check_exits(exits)
-        _, kw = common.sizes(sub, None, self.limits)
+        _, kw = common.sizes(sub, None, self.limits, self)
         self._check(tokens_BxL, positions)
         exits_E = jnp.asarray(exits, jnp.int32)
         return nn.eager.jit_call(self, "_hidden", tokens_BxL, exits_E, attention_mask, positions, kw)
@@ -155,7 +155,7 @@ class GPT2(nnx.Module):
         """Run ``T`` new tokens written at cache slots ``start..start+T-1`` (the protocol, as
         :meth:`sortedjax.models.llama.Llama.forward_cached`): ``(pre-LN h, cache[, hook_state])``.
         ``positions_BxT`` index the learned position table."""
-        depth, kw = common.sizes(sub, exit_layer, self.limits)
+        depth, kw = common.sizes(sub, exit_layer, self.limits, self)
         x = self._embed(tokens_BxT, positions_BxT, kw["width"]) if h_BxTxD is None else h_BxTxD
         mask = cache.attention_mask(start, tokens_BxT.shape[1])
         if kv_only:

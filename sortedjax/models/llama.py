@@ -115,7 +115,7 @@ class Llama(nnx.Module):
 
     def _sizes(self, sub: SubModel | None, exit_layer):
         """(depth, layer kwargs) of ``sub`` / ``exit_layer``, validated when concrete."""
-        return common.sizes(sub, exit_layer, self.limits)
+        return common.sizes(sub, exit_layer, self.limits, self)
 
     def check_exit(self, exit_layer):
         check_sizes({"depth": exit_layer}, self.limits)

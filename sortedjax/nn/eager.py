@@ -6,8 +6,8 @@ per call, against about 2 ms compiled. :func:`jit_call` runs ``module.method(*ar
 first call compiles (a second or so for a small model) and every later call with the same
 shapes reuses the program; Python ints among ``args`` become traced int32 values, so, e.g.,
 every exit depth shares one program. Inside ``jax.jit`` / ``nnx.jit`` / ``nnx.grad`` (any traced
-argument or parameter) the method runs directly. Only for methods that do not update the
-module's state (the jitted call cannot write it back).
+argument or parameter) the method runs directly. State the method updates (RNG counts of a
+dropout stream, BatchNorm statistics) is written back to the module.
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ def _traced(tree) -> bool:
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _run(graphdef, method: str, state, args):
-    return getattr(nnx.merge(graphdef, state), method)(*args)
+    module = nnx.merge(graphdef, state)
+    out = getattr(module, method)(*args)
+    return out, nnx.state(module, nnx.Not(nnx.Param))
 
 
 def jit_call(module: nnx.Module, method: str, *args):
@@ -32,4 +34,7 @@ def jit_call(module: nnx.Module, method: str, *args):
     graphdef, state = nnx.split(module)
     if _traced((state, args)):
         return getattr(module, method)(*args)
-    return _run(graphdef, method, state, args)
+    out, updated = _run(graphdef, method, state, args)
+    if jax.tree.leaves(updated):
+        nnx.update(module, updated)
+    return out
