@@ -57,6 +57,7 @@ def test_greedy_speculative_equals_greedy_ragged_and_stop(model, draft_exit, num
     assert (plain_stop == 1).any()  # the stop tokens did cut rows
 
 
+@pytest.mark.slow
 def test_rows_accept_their_own_prefix(model):
     """Each row advances by its own accepted count: a batch takes as many rounds as its slowest
     row alone (in lockstep, every round would advance by the batch's smallest count)."""
@@ -89,6 +90,7 @@ def chi2(draws, probs):
     return sps.chisquare(counts, expected / expected.sum() * len(draws)).pvalue
 
 
+@pytest.mark.slow
 def test_sampled_speculative_matches_the_full_models_distribution():
     """Tiny vocabulary, 3 new tokens (the first from the prefill, two from one round with a
     1-layer draft): the joint distribution of the 64 sequences equals the full model's."""

@@ -103,6 +103,7 @@ def test_roberta_positions_start_after_pad_and_skip_pads(tmp_path):
         model(jnp.full((1, 39), 5))
 
 
+@pytest.mark.slow
 def test_traced_submodels_are_one_program_and_extract_equals_masked():
     cfg = encoder.EncoderConfig(
         vocab_size=V,

@@ -62,6 +62,7 @@ class Net(nnx.Module):
         }
 
 
+@pytest.mark.slow
 def test_own_model_trains_twenty_sampled_submodels_with_one_compilation():
     model = Net(NetConfig(), rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.PRNGKey(1), (64, 2))
@@ -131,6 +132,7 @@ def test_llama_submodel_export_loads_in_transformers_with_equal_logits(tmp_path,
     np.testing.assert_allclose(torch_logits(ref, tokens), masked, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_llama_heads_must_keep_whole_kv_groups_to_extract(tmp_path):
     cfg = llama.LlamaConfig(
         vocab_size=11,

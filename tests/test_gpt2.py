@@ -67,6 +67,7 @@ def test_logits_match_transformers_padded_batch_included(tmp_path, act):
     np.testing.assert_allclose(model.logits_from_hidden(h_E[1]), ours, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_greedy_generation_equals_transformers_generate(tmp_path):
     ref = save_hf(tmp_path)
     model = gpt2.from_pretrained(str(tmp_path))
@@ -92,6 +93,7 @@ def test_greedy_generation_equals_transformers_generate(tmp_path):
     np.testing.assert_allclose(logits[:, 0], model(jnp.asarray(tokens[:1]), exit_layer=2)[:, -1], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_traced_submodels_are_one_program_and_extract_equals_masked():
     cfg = gpt2.GPT2Config(
         vocab_size=V, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, max_position_embeddings=32

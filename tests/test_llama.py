@@ -174,6 +174,7 @@ def test_bad_config_values():
         model.hidden_states(jnp.zeros((1, 3), jnp.int32), exits=(0, 2))
 
 
+@pytest.mark.slow
 def test_traced_exits_and_gradients_stop_at_the_exit(tmp_path):
     save_hf(tmp_path)
     model = llama.from_pretrained(str(tmp_path))
@@ -190,6 +191,7 @@ def test_traced_exits_and_gradients_stop_at_the_exit(tmp_path):
     assert np.abs(g[:2]).sum() > 0 and np.abs(g[2]).sum() == 0
 
 
+@pytest.mark.slow
 def test_eager_calls_run_one_compiled_program_for_every_exit():
     from sortedjax.nn import eager
 

@@ -86,6 +86,7 @@ def test_every_rank_equals_merged_model_and_formula():
         np.testing.assert_allclose(layer0(x, rank=b), want, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_multi_axis_inputs_and_outputs_merge():
     """o (2 input axes: heads x head_dim), down (mlp) and the unstacked lm_head."""
     model = tiny_llama()
@@ -177,6 +178,7 @@ def test_frozen_mode_moves_only_the_sampled_rank():
         assert np.abs(np.take(g, 1, axis)).sum() > 0 and np.all(np.delete(g, 1, axis) == 0)
 
 
+@pytest.mark.slow
 def test_unfrozen_gradient_reaches_ranks_up_to_b():
     model, graphdef, params, rest, batch, _, _ = _frozen_setup(frozen=False)
     b = 3
@@ -233,6 +235,7 @@ def test_train_updates_only_adapters_sharded_equals_single_device(tmp_path):
         np.testing.assert_allclose(lora8[k], after_lora[k], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_dropout_inside_layer_stack():
     model = tiny_llama()
     lora.apply_dylora(model, ["q", "v"], r=4, alpha=8.0, dropout=0.5)
@@ -265,6 +268,7 @@ def test_dropout_inside_layer_stack():
     assert loss[0] == loss[1] != loss[2]
 
 
+@pytest.mark.slow
 def test_sorted_mlp_adapters_equal_merged_and_formula():
     model = SortedMLP(MLPConfig(in_dim=5, hidden=12, out_dim=3, num_blocks=2), rngs=nnx.Rngs(0))
     assert lora.apply_dylora(model, ["inp", "dense", "out"], r=4, alpha=2.0) == ["blocks.layers.dense", "inp", "out"]

@@ -24,6 +24,7 @@ def _sliced_dense(model, k, n):
     return small
 
 
+@pytest.mark.slow
 def test_masked_mlp_equals_sliced_dense_model():
     model = SortedMLP(MLPConfig(in_dim=5, hidden=12, out_dim=3, num_blocks=4), rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.PRNGKey(1), (7, 5))

@@ -126,7 +126,7 @@ def _small_attention(big, h, rope=None):
     return small
 
 
-@pytest.mark.parametrize("causal,rope", [(True, nn.RoPE(4)), (False, None)])
+@pytest.mark.parametrize("causal,rope", [pytest.param(True, nn.RoPE(4), marks=pytest.mark.slow), (False, None)])
 def test_attention_kept_heads_equal_sliced_attention(causal, rope):
     big = randomize(
         nn.Attention(8, 6, num_kv_heads=3, head_dim=4, use_bias=True, rope=rope, causal=causal, rngs=nnx.Rngs(0))
@@ -142,6 +142,7 @@ def test_attention_kept_heads_equal_sliced_attention(causal, rope):
     assert f._cache_size() == 1
 
 
+@pytest.mark.slow
 def test_attention_kv_cache_chunks_equal_full_pass():
     att = randomize(nn.Attention(8, 4, num_kv_heads=2, rope=nn.RoPE(2), rngs=nnx.Rngs(0)))
     x = rand(7, (2, 6, 8))

@@ -110,6 +110,7 @@ def single_run(tmp_path_factory):
     return _run(tmp_path_factory.mktemp("single"), "one", None)
 
 
+@pytest.mark.slow
 def test_sharded_step_equals_single_device(tmp_path, single_run):
     mesh = sharding.make_mesh("8")
     one = single_run

@@ -36,6 +36,7 @@ def test_tnet_invariant_to_point_order_and_padding(model):
     np.testing.assert_allclose(z, z2, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_tnet_batch_with_different_n_and_d(model):
     a, b = _points(n=5, d=1, seed=2), _points(n=11, d=2, seed=3)
     p, m = make_points([a, b], CFG.max_vars)

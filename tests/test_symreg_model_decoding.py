@@ -24,6 +24,7 @@ def _problem(seed):
     return {"X": x, "y": np.cos(3 * x[:, 0]) * (seed + 1)}
 
 
+@pytest.mark.slow
 def test_kv_cache_steps_equal_full_forward(model):
     rng = np.random.default_rng(0)
     tokens = jnp.asarray(rng.integers(0, CFG.vocab_size, (3, CFG.max_len)))
@@ -43,6 +44,7 @@ def test_kv_cache_steps_equal_full_forward(model):
     np.testing.assert_allclose(nxt[:, 0], full[:, 4], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_greedy_cached_generation_equals_naive_full_forward(model):
     points, mask = make_points([_problem(0), _problem(1)], CFG.max_vars)
     ids = sample_skeletons(

@@ -176,6 +176,7 @@ def test_nan_stops_with_message(tmp_path):
         _run(tmp_path, 5, ArrayBatches(data, 64, shuffle=False))
 
 
+@pytest.mark.slow
 def test_eight_device_step_equals_single_device(tmp_path):
     mesh = sharding.make_mesh("data:2,fsdp:4")
     data = ArrayBatches(_data(), 16, seed=1)
