@@ -189,6 +189,7 @@ def run(cfg: SoftExperiment) -> dict:
     outputs.update(extracted_outputs)
     results["pairwise"], systems = report.pairwise(ctx, outputs, [int(n) for n in results["extracted"]])
     results.update(report.figures_and_analysis(ctx, results, trained))
+    results.update(report.decoding_table(ctx, trained))  # Table 5.2: speculative / dynamic decoding
     return report.finish(ctx, results, systems)
 
 

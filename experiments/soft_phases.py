@@ -53,6 +53,7 @@ class Context:
     main: bool  # process 0: the one that writes
     times: dict[str, float]
     t_start: float
+    judge: Any = None  # (judge, its name) once experiments.soft_report.judge_of made it
 
     @property
     def inner(self) -> tuple[int, ...]:
@@ -305,11 +306,12 @@ def extracted(ctx: Context) -> tuple[dict[str, dict[int, list[str]]], dict[str, 
 # ------------------------------------------------------------------- decoding and scores
 
 
-def generate_at_exits(ctx: Context, model, exits) -> dict[int, list[str]]:
-    """Greedy responses to every eval prompt at every exit."""
+def eval_batches(ctx: Context) -> tuple[list[tuple[Any, Any]], int]:
+    """The eval prompts as generation batches ``[(ids, attention mask), ...]`` (left-padded; the
+    last batch is filled up with the first prompts so that every batch has one shape) and the
+    number of real prompts: the first ``n`` rows of the concatenated outputs."""
     import numpy as np
 
-    from sortedjax import decoding
     from sortedjax import instruct_data as idata
 
     cfg, tok, examples = ctx.cfg, ctx.tok, ctx.eval_ex
@@ -318,22 +320,33 @@ def generate_at_exits(ctx: Context, model, exits) -> dict[int, list[str]]:
     n, bs = len(examples), min(cfg.eval_batch_size, len(examples))
     pad = (-n) % bs
     ids, att = np.concatenate([ids, ids[:pad]]), np.concatenate([att, att[:pad]])
+    return [(ids[i : i + bs], att[i : i + bs]) for i in range(0, len(ids), bs)], n
+
+
+def decode_kwargs(ctx: Context) -> dict:
+    """What every evaluation decoding shares: length, stop token and pad id."""
+    from sortedjax import instruct_data as idata
+
+    return dict(
+        max_new_tokens=ctx.cfg.max_new_tokens, stop_tokens=(ctx.tok.eos_token_id,), pad_id=idata.pad_id_of(ctx.tok)
+    )
+
+
+def generate_at_exits(ctx: Context, model, exits) -> dict[int, list[str]]:
+    """Greedy responses to every eval prompt at every exit."""
+    import numpy as np
+
+    from sortedjax import decoding
+    from sortedjax import instruct_data as idata
+
+    batches, n = eval_batches(ctx)
     out = {}
     for e in exits:
         toks = [
-            decoding.generate(
-                model,
-                ids[i : i + bs],
-                attention_mask=att[i : i + bs],
-                max_new_tokens=cfg.max_new_tokens,
-                exit_layer=e,
-                temperature=0.0,
-                stop_tokens=(tok.eos_token_id,),
-                pad_id=idata.pad_id_of(tok),
-            )
-            for i in range(0, len(ids), bs)
+            decoding.generate(model, ids, attention_mask=att, exit_layer=e, temperature=0.0, **decode_kwargs(ctx))
+            for ids, att in batches
         ]
-        out[e] = idata.decode_responses(tok, np.concatenate(toks)[:n])
+        out[e] = idata.decode_responses(ctx.tok, np.concatenate(toks)[:n])
     return out
 
 

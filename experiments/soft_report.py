@@ -38,6 +38,13 @@ def make_judge(cfg: SoftExperiment, mesh):
     return ev.LLMJudge(generate), f"LLM judge {cfg.judge}"
 
 
+def judge_of(ctx: Context):
+    """:func:`make_judge`, made once per run (pairwise scores and Table 5.2 share it)."""
+    if ctx.judge is None:
+        ctx.judge = make_judge(ctx.cfg, ctx.mesh)
+    return ctx.judge
+
+
 def pairwise(ctx: Context, outputs: dict[str, dict[int, list[str]]], depths) -> tuple[dict, dict[str, list[str]]]:
     """Pairwise scores (W-L)/(W+L+T) over both presentation orders: SoFT against SFT at every
     pair of exits, against SFT+ICT and extracted fine-tuning at the same exit.
@@ -48,7 +55,7 @@ def pairwise(ctx: Context, outputs: dict[str, dict[int, list[str]]], depths) -> 
     from sortedjax import evaluation as ev
 
     with timed(ctx.times, "pairwise"):
-        judge, judge_name = make_judge(ctx.cfg, ctx.mesh)
+        judge, judge_name = judge_of(ctx)
         systems = {f"{m}@{e}": outs[e] for m, outs in outputs.items() for e in outs}
         ins = [e.prompt for e in ctx.eval_ex]
         refs = [e.references for e in ctx.eval_ex]
@@ -171,6 +178,16 @@ def figures_and_analysis(ctx: Context, results: dict, trained: dict) -> dict:
     return {"analysis": ana.get("per_method", {}), "figures": figs + ana.get("figures", [])}
 
 
+def decoding_table(ctx: Context, trained: dict) -> dict:
+    """Table 5.2 (:mod:`experiments.soft_table52`): autoregressive, self-speculative and dynamic
+    decoding of the SoFT and SFT models, timed; the ``table_5_2`` entries of ``results.json``."""
+    from experiments import soft_table52
+
+    judge, judge_name = judge_of(ctx)
+    rows, setup = soft_table52.table_5_2(ctx, {m: trained[m] for m in ("soft", "sft")}, judge)
+    return {"table_5_2": rows, "table_5_2_setup": {**setup, "judge": judge_name}}
+
+
 def finish(ctx: Context, results: dict, systems: dict[str, list[str]]) -> dict:
     """Add sample outputs and wall times; process 0 writes ``results.json`` and prints the table."""
     ex = ctx.eval_ex
@@ -185,6 +202,10 @@ def finish(ctx: Context, results: dict, systems: dict[str, list[str]]) -> dict:
         with open(path, "w") as f:
             json.dump(results, f, indent=2)
         print(table(results))
+        if "table_5_2" in results:
+            from experiments import soft_table52
+
+            print(soft_table52.format_table(results["table_5_2"], results.get("table_5_2_setup")))
         print(f"wrote {path} and {len(results['figures'])} figures in {ctx.times['total']:.0f}s")
     return results
 
