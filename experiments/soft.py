@@ -4,9 +4,8 @@ Run (offline, 8 simulated CPU devices, FSDP)::
 
     python -m experiments.soft --mesh=8
 
-Expected runtime: under 10 minutes on a 2-core CPU from a fresh workdir (measured 6:10 wall,
-367 s by the job's own clock: base 88 s, SFT 89 s, SoFT 90 s, SFT+ICT 12 s, extracted 76 s,
-analysis 9 s); a rerun reuses the base model
+Expected runtime: under 10 minutes on a 2-core CPU from a fresh workdir (measured 4:04 wall on
+a quiet machine, 6:13 on a busy one; Table 5.2 adds about 13 s); a rerun reuses the base model
 and every finished phase. On a TPU pod with a real LLaMA-2 13B::
 
     python -m experiments.soft --mesh=data:4,fsdp:8 --model meta-llama/Llama-2-13b-hf \\
@@ -26,16 +25,35 @@ decodes the 37 held-out questions at every exit. Output of the default run (seed
 
     exit |     sft EM% |    soft EM% | sft_ict EM% | soft vs sft
     ------------------------------------------------------------
-       2 |         8.1 |        64.9 |        45.9 |       +0.57
-       3 |        13.5 |        75.7 |        51.4 |       +0.62
-       4 |        18.9 |        75.7 |        59.5 |       +0.57
-       5 |        24.3 |        75.7 |        73.0 |       +0.51
-       6 |        48.6 |        75.7 |        78.4 |       +0.27
-       7 |        70.3 |        78.4 |        78.4 |       +0.08
-       8 |        89.2 |        86.5 |        89.2 |       -0.03
-    extracted fine-tuning of the first 5 layers: EM 83.8% (soft vs extracted: -0.08)
+       2 |         5.4 |        64.9 |        45.9 |       +0.59
+       3 |        24.3 |        75.7 |        51.4 |       +0.51
+       4 |        24.3 |        75.7 |        56.8 |       +0.51
+       5 |        35.1 |        78.4 |        56.8 |       +0.43
+       6 |        48.6 |        78.4 |        67.6 |       +0.30
+       7 |        67.6 |        78.4 |        81.1 |       +0.11
+       8 |        91.9 |        75.7 |        91.9 |       -0.16
+    extracted fine-tuning of the first 5 layers: EM 78.4% (soft vs extracted: +0.00)
+    Table 5.2: decoding speed and quality (37 prompts in batches of 37, 6 new tokens, greedy, 4 drafted tokens per verification, best of 5 timed passes)
+    model | mode                     | ms/token | speedup |   EM% |  vs AR | rejection | mean exit
+    ----------------------------------------------------------------------------------------------
+    soft  | autoregressive           |    0.945 |   1.00x |  75.7 |  +0.00 |         - |         -
+    soft  | speculative, draft 2     |    1.261 |   0.75x |  75.7 |  +0.00 |      0.09 |         -
+    soft  | speculative, draft 3     |    1.291 |   0.73x |  75.7 |  +0.00 |      0.14 |         -
+    soft  | speculative, draft 4     |    1.359 |   0.70x |  75.7 |  +0.00 |      0.06 |         -
+    soft  | speculative, draft 5     |    1.435 |   0.66x |  75.7 |  +0.00 |      0.06 |         -
+    soft  | speculative, draft 6     |    1.475 |   0.64x |  75.7 |  +0.00 |      0.06 |         -
+    soft  | speculative, draft 7     |    1.547 |   0.61x |  75.7 |  +0.00 |      0.05 |         -
+    soft  | dynamic                  |    0.813 |   1.16x |  75.7 |  +0.00 |         - |      5.00
+    sft   | autoregressive           |    0.902 |   1.00x |  91.9 |  +0.00 |         - |         -
+    sft   | speculative, draft 2     |    1.251 |   0.72x |  91.9 |  +0.00 |      0.87 |         -
+    sft   | speculative, draft 3     |    1.249 |   0.72x |  91.9 |  +0.00 |      0.61 |         -
+    sft   | speculative, draft 4     |    1.309 |   0.69x |  91.9 |  +0.00 |      0.47 |         -
+    sft   | speculative, draft 5     |    1.393 |   0.65x |  91.9 |  +0.00 |      0.45 |         -
+    sft   | speculative, draft 6     |    1.461 |   0.62x |  91.9 |  +0.00 |      0.25 |         -
+    sft   | speculative, draft 7     |    1.509 |   0.60x |  91.9 |  +0.00 |      0.20 |         -
+    sft   | dynamic                  |    0.882 |   1.02x |  91.9 |  +0.00 |         - |      5.99
 
-plus ``WORKDIR/results.json`` (per-exit exact match and ROUGE-L per method, pairwise scores
+plus ``WORKDIR/results.json`` (``table_5_2``: the decoding rows above; per-exit exact match and ROUGE-L per method, pairwise scores
 (W-L)/(W+L+T) over both presentation orders, KL / cosine summaries, wall times) and PNGs:
 ``pairwise_soft_vs_sft.png`` (Fig. 5.1), ``kl_{sft,soft}.png`` and ``cosine_{sft,soft}.png``
 (Figs. 5.4 / 5.5). Every phase has its own sub-workdir with orbax checkpoints and
