@@ -1,0 +1,89 @@
+"""``TrainConfig``: what a training run is (steps, optimizer, schedule, checkpointing, seed),
+and the optax optimizer and schedule it describes."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import optax
+
+SCHEDULES = ("constant", "cosine", "warmup_cosine", "linear")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    workdir: str
+    steps: int
+    learning_rate: float = 1e-3
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    end_lr_factor: float = 0.0  # final lr = learning_rate * end_lr_factor (cosine/linear)
+    optimizer: str = "adam"
+    b1: float = 0.9
+    b2: float = 0.999
+    weight_decay: float = 0.0
+    momentum: float = 0.0  # sgd only
+    grad_clip_norm: float | None = None
+    grad_accum: int = 1
+    checkpoint_every: int = 100
+    max_to_keep: int = 2
+    log_every: int = 10
+    seed: int = 0
+    progress: bool = True
+    donate: bool = True
+    desc: str = "train"
+
+    def __post_init__(self):
+        if self.steps < 0:
+            raise ValueError(f"steps must be >= 0, got {self.steps}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule {self.schedule!r} unknown; allowed: {SCHEDULES}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer {self.optimizer!r} unknown; allowed: {OPTIMIZERS}")
+        if self.grad_accum < 1:
+            raise ValueError(f"grad_accum must be >= 1, got {self.grad_accum}")
+        if self.checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        if self.log_every < 1:
+            raise ValueError(f"log_every must be >= 1, got {self.log_every}")
+        if not 0 <= self.warmup_steps <= max(self.steps, 0):
+            raise ValueError(f"warmup_steps must be in 0..steps={self.steps}, got {self.warmup_steps}")
+        if self.grad_clip_norm is not None and not self.grad_clip_norm > 0:
+            raise ValueError(f"grad_clip_norm must be > 0 or None, got {self.grad_clip_norm}")
+
+
+def make_schedule(cfg: TrainConfig) -> optax.Schedule:
+    lr, end = cfg.learning_rate, cfg.learning_rate * cfg.end_lr_factor
+    decay = max(cfg.steps - cfg.warmup_steps, 1)
+    if cfg.schedule == "constant":
+        if cfg.warmup_steps:
+            return optax.join_schedules(
+                [optax.linear_schedule(0.0, lr, cfg.warmup_steps), optax.constant_schedule(lr)],
+                [cfg.warmup_steps],
+            )
+        return optax.constant_schedule(lr)
+    if cfg.schedule == "linear":
+        return optax.join_schedules(
+            [optax.linear_schedule(0.0, lr, max(cfg.warmup_steps, 1)), optax.linear_schedule(lr, end, decay)],
+            [cfg.warmup_steps],
+        )
+    # cosine / warmup_cosine
+    return optax.warmup_cosine_decay_schedule(
+        0.0 if cfg.warmup_steps else lr, lr, cfg.warmup_steps, cfg.warmup_steps + decay, end
+    )
+
+
+def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+    sched = make_schedule(cfg)
+    if cfg.optimizer == "adam":
+        opt = optax.adam(sched, b1=cfg.b1, b2=cfg.b2)
+    elif cfg.optimizer == "adamw":
+        opt = optax.adamw(sched, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay)
+    else:
+        opt = optax.sgd(sched, momentum=cfg.momentum or None)
+    if cfg.grad_clip_norm is not None:
+        opt = optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), opt)
+    return opt
