@@ -43,9 +43,16 @@ import time
 
 import numpy as np
 
-from experiments import flags
+from experiments import flags, symbolicgpt_report
+from experiments.symbolicgpt_data import (  # noqa: F401 - re-exported
+    SETTINGS,
+    _ensure_dataset,
+    _eval_on,
+    benchmark_test_set,
+    generated_test_set,
+)
+from experiments.symbolicgpt_report import print_summary, write_figures  # noqa: F401 - re-exported
 
-SETTINGS = {"1var": 1, "2var": 2, "3var": 3, "general": (1, 9)}
 METHODS = ("symbolicgpt", "gplearn", "mlp", "operon")
 THRESHOLDS = (-10, -5, -2)
 
@@ -124,85 +131,6 @@ QUICK = {
     "operon_population": 200,
     "sweep_problems": 3,
 }
-
-
-# ----------------------------------------------------------------------------- data
-
-
-def _ensure_dataset(cfg: Config, split: str, n: int, seed: int) -> list[dict]:
-    from symreg.generate import DatasetConfig, load_dataset, write_dataset
-
-    path = os.path.join(cfg.workdir, "data", f"{cfg.setting}-{split}-{n}-{seed}")
-    if not os.path.exists(os.path.join(path, "manifest.json")):
-        write_dataset(
-            path,
-            n,
-            seed,
-            split,
-            DatasetConfig(n_vars=SETTINGS[cfg.setting]),
-            shard_size=max(1, -(-n // cfg.workers)),
-            workers=cfg.workers if n >= 2000 else 1,
-            progress=cfg.progress,
-        )
-    return load_dataset(path)
-
-
-def _eval_on(expr: str, X: np.ndarray):
-    import sympy
-
-    from symreg.expressions import X_SYMBOLS
-
-    local = {f"x{i}": s for i, s in enumerate(X_SYMBOLS, 1)}
-    f = sympy.lambdify(X_SYMBOLS[: X.shape[1]], sympy.sympify(expr, locals=local), "numpy")
-    with np.errstate(all="ignore"):
-        return np.broadcast_to(np.asarray(f(*X.T), np.float64), (len(X),)).astype(np.float32)
-
-
-def generated_test_set(cfg: Config, n: int) -> list[dict]:
-    """Held-out points from the test split; fit points drawn in the training range."""
-    rng = np.random.default_rng(cfg.seed + 17)
-    out = []
-    for inst in _ensure_dataset(cfg, "test", 2 * n, cfg.seed + 1):
-        X_fit = rng.uniform(-3, 3, inst["X"].shape).astype(np.float32)
-        y_fit = _eval_on(inst["expr"], X_fit)
-        if not np.all(np.isfinite(y_fit)) or np.abs(y_fit).max() > 1e4:
-            continue  # undefined on the training range: not a fair extrapolation test
-        out.append(
-            {
-                "name": f"{cfg.setting}-{len(out)}",
-                "expr": inst["expr"],
-                "skeleton": inst["skeleton"],
-                "X": X_fit,
-                "y": y_fit,
-                "X_test": inst["X"],
-                "y_test": inst["y"],
-            }
-        )
-        if len(out) == n:
-            break
-    return out
-
-
-def benchmark_test_set(cfg: Config, family: str) -> list[dict]:
-    from symreg.benchmark_equations import load_benchmark_equations, sample_benchmark
-
-    out = []
-    for eq in load_benchmark_equations():
-        if eq.name.lower().startswith(family) and eq.n_vars <= cfg.max_vars:
-            fit, test = (sample_benchmark(eq, seed=cfg.seed, split=s) for s in ("train", "test"))
-            if np.all(np.isfinite(fit["y"])) and np.all(np.isfinite(test["y"])):
-                out.append(
-                    {
-                        "name": eq.name,
-                        "expr": eq.expr,
-                        "skeleton": fit["skeleton"],
-                        "X": fit["X"],
-                        "y": fit["y"],
-                        "X_test": test["X"],
-                        "y_test": test["y"],
-                    }
-                )
-    return out
 
 
 # ----------------------------------------------------------------------------- train
@@ -402,119 +330,9 @@ def evaluate(cfg: Config, model=None) -> dict:
     sweeps = _sweeps(cfg, model, test_sets[cfg.setting]) if "symbolicgpt" in cfg.methods else {}
     with open(os.path.join(cfg.workdir, "details.json"), "w") as f:
         json.dump({"config": dataclasses.asdict(cfg), "sweeps": sweeps}, f, indent=1)
-    write_figures(cfg, records, results, sweeps)
-    print_summary(cfg, results)
+    symbolicgpt_report.write_figures(cfg, records, results, sweeps)
+    symbolicgpt_report.print_summary(cfg, results)
     return results
-
-
-# ----------------------------------------------------------------------------- output
-
-
-def write_figures(cfg: Config, records: list[dict], results: dict, sweeps: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    sets = list(results)
-    fig, axes = plt.subplots(1, len(sets), figsize=(4.5 * len(sets), 3.6), squeeze=False)
-    grid = np.linspace(-15, 5, 200)
-    for ax, ts in zip(axes[0], sets):
-        for m in results[ts]:
-            err = np.array([r["log10_mse_n"] for r in records if r["test_set"] == ts and r["method"] == m])
-            ax.plot(grid, [np.mean(err <= g) for g in grid], label=m)
-        ax.set(
-            title=f"{ts} (n={max(v['n'] for v in results[ts].values())})",
-            xlabel="log10 MSE_N",
-            ylabel="fraction of problems <= x",
-        )
-        ax.grid(alpha=0.3)
-    axes[0][0].legend()
-    fig.tight_layout()
-    fig.savefig(os.path.join(cfg.workdir, "cumulative_error.png"), dpi=120)
-
-    fig, ax = plt.subplots(figsize=(5, 3.6))
-    width = 0.8 / len(sets)
-    methods = list(dict.fromkeys(m for ts in sets for m in results[ts]))
-    for i, ts in enumerate(sets):
-        ax.bar(
-            np.arange(len(methods)) + i * width,
-            [results[ts].get(m, {}).get("median_seconds", np.nan) for m in methods],
-            width,
-            label=ts,
-        )
-    ax.set(
-        xticks=np.arange(len(methods)) + width * (len(sets) - 1) / 2,
-        xticklabels=methods,
-        yscale="log",
-        ylabel="median seconds per problem",
-    )
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(os.path.join(cfg.workdir, "time_per_problem.png"), dpi=120)
-
-    if sweeps.get("samples"):
-        fig, ax = plt.subplots(figsize=(5, 3.6))
-        s = sweeps["samples"]
-        ax.plot([r["median_seconds"] for r in s], [r["frac_below_-5"] for r in s], "o-", label="symbolicgpt")
-        for r in s:
-            ax.annotate(f"{r['n_samples']} samples", (r["median_seconds"], r["frac_below_-5"]), fontsize=7)
-        for m, v in results[cfg.setting].items():
-            if m != "symbolicgpt":
-                ax.plot(v["median_seconds"], v["frac_below"]["-5"], "s", label=m)
-        ax.set(
-            xscale="log",
-            xlabel="median seconds per problem",
-            ylabel="fraction log10 MSE_N < -5",
-            title=f"performance over time ({cfg.setting}, {cfg.sweep_problems} problems)",
-        )
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(os.path.join(cfg.workdir, "performance_over_time.png"), dpi=120)
-
-        fig, ax = plt.subplots(figsize=(5, 3.6))
-        pts = sweeps["points"]
-        ax.plot([r["n_points"] for r in pts], [r["median_log10_mse_n"] for r in pts], "o-")
-        ax.set(xlabel="number of points given to fit", ylabel="median log10 MSE_N", title="error vs points")
-        fig.tight_layout()
-        fig.savefig(os.path.join(cfg.workdir, "error_vs_points.png"), dpi=120)
-
-    rows = [r for r in records if r["method"] == "symbolicgpt"][:12]
-    if rows:
-        lines = ["| problem | true | SymbolicGPT | log10 MSE_N |", "|---|---|---|---|"]
-        lines += [f"| {r['problem']} | `{r['true']}` | `{r['predicted']}` | {r['log10_mse_n']:.2f} |" for r in rows]
-        with open(os.path.join(cfg.workdir, "equations.md"), "w") as f:
-            f.write("\n".join(lines) + "\n")
-        fig, ax = plt.subplots(figsize=(11, 0.35 * len(rows) + 0.8))
-        ax.axis("off")
-        cell = [[r["problem"], r["true"][:45], r["predicted"][:60], f"{r['log10_mse_n']:.2f}"] for r in rows]
-        tab = ax.table(cellText=cell, colLabels=["problem", "true", "predicted", "log10 MSE_N"], loc="center")
-        tab.auto_set_font_size(False)
-        tab.set_fontsize(7)
-        fig.tight_layout()
-        fig.savefig(os.path.join(cfg.workdir, "equations.png"), dpi=120)
-    plt.close("all")
-
-
-def print_summary(cfg: Config, results: dict) -> None:
-    print(f"\n{'test set':10s} {'method':12s} {'n':>4s} {'<-10':>6s} {'<-5':>6s} {'<-2':>6s} {'median s':>9s}")
-    for ts, by in results.items():
-        for m, v in by.items():
-            fb = v["frac_below"]
-            print(
-                f"{ts:10s} {m:12s} {v['n']:4d} {fb['-10']:6.2f} {fb['-5']:6.2f} {fb['-2']:6.2f} "
-                f"{v['median_seconds']:9.3f}"
-            )
-    main = results.get(cfg.setting, {})
-    if "symbolicgpt" in main and "gplearn" in main:
-        s, g = main["symbolicgpt"], main["gplearn"]
-        speed = g["median_seconds"] / max(s["median_seconds"], 1e-9)
-        print(
-            f"\ntarget ({cfg.setting}): symbolicgpt frac<-5 {s['frac_below']['-5']:.2f} vs gplearn "
-            f"{g['frac_below']['-5']:.2f} (more: {s['frac_below']['-5'] > g['frac_below']['-5']}); "
-            f"gplearn/symbolicgpt time {speed:.1f}x (>=10x: {speed >= 10})"
-        )
-    print(f"results: {os.path.join(cfg.workdir, 'results.json')}")
 
 
 # ----------------------------------------------------------------------------- CLI
