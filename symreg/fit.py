@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 import sympy
 
-from symreg import expressions, metrics, program
+from symreg import expressions, interpreter, metrics, program
 
 FAILED_MSE_N = 1e30
 BACKENDS = ("bfgs", "jaxopt", "optax")
@@ -120,7 +120,7 @@ def check_data(X, y, max_vars: int = expressions.MAX_VARS) -> tuple[np.ndarray, 
 
 
 def _objective(c_K, prog, X_NxD, y_N, m_N, penalty):
-    return _loss(*program.evaluate(prog, c_K, X_NxD), y_N, m_N, penalty)
+    return _loss(*interpreter.evaluate(prog, c_K, X_NxD), y_N, m_N, penalty)
 
 
 def _loss(y_hat, viol, y_N, m_N, penalty):
@@ -272,10 +272,10 @@ def _fit_batch(
             c_SxK = _bfgs_lockstep_multistart(fun, init_SxK, maxiter, tol, keep, min(prune_after, maxiter))
         else:
             c_SxK = jax.vmap(lambda c0: solve(fun, c0, maxiter, tol, linesearch, maxls))(init_SxK)
-        y_SxN, viol_SxN = jax.vmap(lambda c: program.evaluate(p, c, X))(c_SxK)
+        y_SxN, viol_SxN = jax.vmap(lambda c: interpreter.evaluate(p, c, X))(c_SxK)
         loss_S = jax.vmap(lambda yh, v: _loss(yh, v, y, m, penalty))(y_SxN, viol_SxN)
         ok = jnp.isfinite(loss_S) & jnp.all(jnp.isfinite(c_SxK), axis=1)
-        inside = ok & jnp.all(jnp.where(m > 0, (viol_SxN == 0) & (jnp.abs(y_SxN) < program.BIG), True), axis=1)
+        inside = ok & jnp.all(jnp.where(m > 0, (viol_SxN == 0) & (jnp.abs(y_SxN) < interpreter.BIG), True), axis=1)
         # the best start inside the domain; only if there is none, the best penalised one (a failure)
         best = jnp.argmin(jnp.where(jnp.where(jnp.any(inside), inside, ok), loss_S, jnp.inf))
         c = jnp.where(ok[best], c_SxK[best], init_SxK[0])

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from symreg import fit, program
+from symreg import fit, interpreter, program
 
 RNG = np.random.default_rng(0)
 X1 = RNG.uniform(-3, 3, size=(30, 1))
@@ -92,8 +92,8 @@ def test_program_matches_numpy():
 
     @jax.jit
     def run(p, c, X):  # value, violation, d sum(value^2) / dc, d sum(violation) / dc
-        f = lambda c, i: jnp.sum(program.evaluate(p, c, X)[i] ** (2 - i))
-        return (*program.evaluate(p, c, X), jax.grad(f)(c, 0), jax.grad(f)(c, 1))
+        f = lambda c, i: jnp.sum(interpreter.evaluate(p, c, X)[i] ** (2 - i))
+        return (*interpreter.evaluate(p, c, X), jax.grad(f)(c, 0), jax.grad(f)(c, 1))
 
     for j, ref in enumerate(cases.values()):
         y_hat, _, g, _ = run({k: v[j] for k, v in progs.items()}, c, jnp.asarray(X1, jnp.float32))
