@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
-
 from sortedjax import nn
 from sortedjax.models.common import HF_ACTIVATIONS, check_activation
-from sortedjax.models.llama_config import DTYPES
+from sortedjax.models.config_checks import DTYPES, check_dtype, check_positive_ints, require_keys
 
 MODEL_TYPES = ("bert", "roberta")
 REQUIRED_HF_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
@@ -50,13 +48,9 @@ class EncoderConfig:
             object.__setattr__(self, "head_dim", self.hidden_size // max(self.num_attention_heads, 1))
         if self.model_type not in MODEL_TYPES:
             raise ValueError(f"EncoderConfig.model_type {self.model_type!r} unknown; allowed: {MODEL_TYPES}")
-        for f in _POSITIVE:
-            v = getattr(self, f)
-            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"EncoderConfig.{f} must be a positive int, got {v!r}")
+        check_positive_ints(self, _POSITIVE)
         check_activation("EncoderConfig.hidden_act", self.hidden_act)
-        if self.dtype not in DTYPES:
-            raise ValueError(f"EncoderConfig.dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
+        check_dtype(self)
         if self.layer_norm_eps <= 0:
             raise ValueError(f"EncoderConfig.layer_norm_eps must be > 0, got {self.layer_norm_eps}")
         if self.model_type == "roberta" and not (self.pad_token_id is not None and 0 <= self.pad_token_id):
@@ -84,9 +78,7 @@ class EncoderConfig:
         kind = hf_cfg.get("model_type")
         if kind not in MODEL_TYPES:
             raise ValueError(f"config model_type is {kind!r}; an encoder checkpoint must be one of {MODEL_TYPES}")
-        missing = [k for k in REQUIRED_HF_KEYS if k not in hf_cfg]
-        if missing:
-            raise ValueError(f"config.json lacks required key {missing[0]!r} (an encoder needs {REQUIRED_HF_KEYS})")
+        require_keys(hf_cfg, REQUIRED_HF_KEYS, "an encoder")
         pos = hf_cfg.get("position_embedding_type", "absolute")
         if pos != "absolute":
             raise ValueError(f"config position_embedding_type {pos!r} is not supported; allowed: ('absolute',)")

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
-
 from sortedjax import nn
 from sortedjax.models.common import HF_ACTIVATIONS, check_activation
-from sortedjax.models.llama_config import DTYPES
+from sortedjax.models.config_checks import DTYPES, check_dtype, check_positive_ints, require_keys
 
 _HF_KEYS = {  # transformers' name -> ours
     "vocab_size": "vocab_size",
@@ -60,21 +58,20 @@ class GPT2Config:
             set_("head_dim", self.hidden_size // max(self.num_attention_heads, 1))
         if self.intermediate_size is None:
             set_("intermediate_size", 4 * self.hidden_size)
-        for f in (
-            "vocab_size",
-            "hidden_size",
-            "num_hidden_layers",
-            "num_attention_heads",
-            "head_dim",
-            "intermediate_size",
-            "max_position_embeddings",
-        ):
-            v = getattr(self, f)
-            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"GPT2Config.{f} must be a positive int, got {v!r}")
+        check_positive_ints(
+            self,
+            (
+                "vocab_size",
+                "hidden_size",
+                "num_hidden_layers",
+                "num_attention_heads",
+                "head_dim",
+                "intermediate_size",
+                "max_position_embeddings",
+            ),
+        )
         check_activation("GPT2Config.activation_function", self.activation_function)
-        if self.dtype not in DTYPES:
-            raise ValueError(f"GPT2Config.dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
+        check_dtype(self)
         if self.layer_norm_epsilon <= 0:
             raise ValueError(f"GPT2Config.layer_norm_epsilon must be > 0, got {self.layer_norm_epsilon}")
         nn.stack.check_remat(self.remat)
@@ -92,9 +89,7 @@ class GPT2Config:
         hf_cfg = dict(hf_cfg)
         if hf_cfg.get("model_type") != "gpt2":
             raise ValueError(f"config model_type is {hf_cfg.get('model_type')!r}, expected 'gpt2'")
-        missing = [k for k in REQUIRED_HF_KEYS if k not in hf_cfg]
-        if missing:
-            raise ValueError(f"config.json lacks required key {missing[0]!r} (a GPT-2 config needs {REQUIRED_HF_KEYS})")
+        require_keys(hf_cfg, REQUIRED_HF_KEYS, "a GPT-2 config")
         for k, want in _UNSUPPORTED.items():
             if hf_cfg.get(k, want) != want:
                 raise ValueError(f"config {k}={hf_cfg[k]!r} is not supported (expected {want!r})")

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax.numpy as jnp
-import numpy as np
-
 from sortedjax import nn
+from sortedjax.models.config_checks import DTYPES, check_dtype, check_positive_ints, require_keys
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 REQUIRED_HF_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
 ROPE_TYPES = nn.attention.ROPE_TYPES
 LLAMA3_KEYS = nn.attention.LLAMA3_KEYS
@@ -42,19 +39,19 @@ class LlamaConfig:
             set_("num_key_value_heads", self.num_attention_heads)
         if self.head_dim is None:
             set_("head_dim", self.hidden_size // max(self.num_attention_heads, 1))
-        for f in (
-            "vocab_size",
-            "hidden_size",
-            "intermediate_size",
-            "num_hidden_layers",
-            "num_attention_heads",
-            "num_key_value_heads",
-            "head_dim",
-            "max_position_embeddings",
-        ):
-            v = getattr(self, f)
-            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"LlamaConfig.{f} must be a positive int, got {v!r}")
+        check_positive_ints(
+            self,
+            (
+                "vocab_size",
+                "hidden_size",
+                "intermediate_size",
+                "num_hidden_layers",
+                "num_attention_heads",
+                "num_key_value_heads",
+                "head_dim",
+                "max_position_embeddings",
+            ),
+        )
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(
                 f"LlamaConfig.num_attention_heads ({self.num_attention_heads}) must be a multiple "
@@ -62,8 +59,7 @@ class LlamaConfig:
             )
         if self.head_dim % 2:
             raise ValueError(f"LlamaConfig.head_dim must be even for RoPE, got {self.head_dim}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"LlamaConfig.dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
+        check_dtype(self)
         if self.rms_norm_eps <= 0 or self.rope_theta <= 0:
             raise ValueError("LlamaConfig.rms_norm_eps and rope_theta must be > 0")
         if self.rope_scaling is not None:
@@ -113,9 +109,7 @@ class LlamaConfig:
     def from_hf(cls, hf_cfg: dict, **overrides) -> LlamaConfig:
         """From a Hugging Face ``config.json`` dict (transformers 4 or 5 rope layout)."""
         hf_cfg = dict(hf_cfg)
-        missing = [k for k in REQUIRED_HF_KEYS if k not in hf_cfg]
-        if missing:
-            raise ValueError(f"config.json lacks required key {missing[0]!r} (a LLaMA config needs {REQUIRED_HF_KEYS})")
+        require_keys(hf_cfg, REQUIRED_HF_KEYS, "a LLaMA config")
         if hf_cfg.get("model_type", "llama") != "llama":
             raise ValueError(f"config model_type is {hf_cfg['model_type']!r}, expected 'llama'")
         if hf_cfg.get("hidden_act", "silu") != "silu":
