@@ -21,8 +21,10 @@ trains every rank. Models pass ``rank=sub.rank`` down to their Linears, so
   ``"lora_dropout"``; ``model.eval()`` / ``model.train()`` switch it off / on. Inside a jitted
   step call :func:`reseed` with the step key first (a pure step does not carry RNG counts over).
 * :func:`merge` returns a plain model (no adapters) equal to the adapted one at rank ``b``;
-  :func:`sortedjax.lora_files.save_adapter` / ``load_adapter`` read and write PEFT ``adapter_config.json`` +
-  ``adapter_model.safetensors`` (Hugging Face LLaMA module names for :class:`~sortedjax.models.llama.Llama`).
+  :func:`save_peft` writes the adapters at rank ``b`` as a Hugging Face PEFT LoRA adapter
+  (``adapter_config.json`` + ``adapter_model.safetensors``, HF module names for LLaMA, BERT,
+  RoBERTa and GPT-2) and :func:`load_peft` reads one back (:mod:`sortedjax.lora_files`).
+* ``target_modules`` may also name Hugging Face modules (``"query"``, ``"q_proj"``, ``"c_attn"``).
 """
 
 from __future__ import annotations
@@ -179,7 +181,9 @@ def select(model: nnx.Module, target_modules: str | Sequence[str]) -> list[str]:
     """Dotted paths of the Linears ``target_modules`` picks, PEFT style.
 
     A list / tuple: names or dotted suffixes (``"q"``, ``"attn.q"``, ``"layers.layers.attn.q"``);
-    every entry must match at least one Linear. A single string: a regex that must
+    every entry must match at least one Linear, or (LLaMA, BERT, RoBERTa, GPT-2) a Hugging Face
+    module name as PEFT matches it (``"query"``, ``"self_attn.q_proj"``; GPT-2's ``"c_attn"`` picks
+    ``q``, ``k`` and ``v``). A single string: a regex that must
     ``re.fullmatch`` the whole path. Raises ``ValueError`` listing the Linears that exist.
     """
     paths = sorted(linear_paths(model))
@@ -193,10 +197,21 @@ def select(model: nnx.Module, target_modules: str | Sequence[str]) -> list[str]:
     targets = list(target_modules)
     if not targets:
         raise ValueError(f"target_modules is empty; Linear modules: {paths}")
+    chosen = {p for p in paths if any(_matches(t, p) for t in targets)}
     unknown = [t for t in targets if not any(_matches(t, p) for p in paths)]
-    if unknown:
-        raise ValueError(f"target_modules {unknown} match no Linear module; Linear modules: {paths}")
-    return [p for p in paths if any(_matches(t, p) for t in targets)]
+    if unknown:  # Hugging Face module names (PEFT's target_modules for this architecture)
+        from sortedjax import lora_peft_names as hf_names
+
+        modules = hf_names.hf_modules(model) if hf_names.architecture(model) else {}
+        for t in list(unknown):
+            hit = {p for n, m in modules.items() if hf_names.peft_matches(t, n) for p, _ in m.parts}
+            if hit:
+                chosen |= hit
+                unknown.remove(t)
+        if unknown:
+            hf = f"; Hugging Face modules: {hf_names.pattern_names(modules)}" if modules else ""
+            raise ValueError(f"target_modules {unknown} match no Linear module; Linear modules: {paths}{hf}")
+    return sorted(chosen)
 
 
 def _adapter_for(linear: Linear, *, r, alpha, r_min, frozen, dropout, rngs) -> LoRA:
@@ -339,3 +354,18 @@ def frozen_post_update(rank_of_key: Callable[[jax.Array], jax.Array]):
         return keep_only_rank(old_params, new_params, rank_of_key(key))
 
     return post_update
+
+
+# -- PEFT files (sortedjax.lora_files) -----------------------------------------------------------
+def save_peft(model: nnx.Module, out_dir, rank: int | None = None, base_model_name_or_path: str | None = None, **kw):
+    """Write the adapters at rank ``rank`` as a Hugging Face PEFT LoRA adapter (:func:`sortedjax.lora_files.save_peft`)."""
+    from sortedjax import lora_files
+
+    return lora_files.save_peft(model, out_dir, rank=rank, base_model_name_or_path=base_model_name_or_path, **kw)
+
+
+def load_peft(model: nnx.Module, adapter_dir) -> list[str]:
+    """Read a PEFT LoRA adapter into ``model`` in place (:func:`sortedjax.lora_files.load_peft`)."""
+    from sortedjax import lora_files
+
+    return lora_files.load_peft(model, adapter_dir)

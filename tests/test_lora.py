@@ -1,6 +1,4 @@
-"""DyLoRA on whole models: every rank equals its merged model, frozen mode, PEFT round trip."""
-
-import json
+"""DyLoRA on whole models: every rank equals its merged model, frozen mode (PEFT files: test_peft.py)."""
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +7,7 @@ import optax
 import pytest
 from flax import nnx
 
-from sortedjax import lora, lora_files, sharding
+from sortedjax import lora, sharding
 from sortedjax.models import llama
 from sortedjax.models.mlp import MLPConfig, SortedMLP
 from sortedjax.submodel import Pool, SubModel
@@ -302,48 +300,3 @@ def test_sorted_mlp_adapters_equal_merged_and_formula():
         )
     with pytest.raises(ValueError, match="rank 5 outside the allowed range 1..4"):
         model(x, SubModel.of(rank=5))
-
-
-def test_save_load_adapter_round_trip(tmp_path):
-    model = SortedMLP(MLPConfig(in_dim=5, hidden=12, out_dim=3, num_blocks=2), rngs=nnx.Rngs(0))
-    lora.apply_dylora(model, ["inp", "dense"], r=4, alpha=2.0, r_min=2, frozen=True)
-    randomize_up(model)
-    lora_files.save_adapter(model, tmp_path)
-    cfg = json.loads((tmp_path / "adapter_config.json").read_text())
-    assert (cfg["peft_type"], cfg["r"], cfg["lora_alpha"], cfg["target_modules"]) == ("LORA", 4, 2.0, ["dense", "inp"])
-    assert cfg["dylora"]["r_min"] == 2 and cfg["dylora"]["frozen"] is True
-    fresh = SortedMLP(MLPConfig(in_dim=5, hidden=12, out_dim=3, num_blocks=2), rngs=nnx.Rngs(0))
-    assert lora_files.load_adapter(fresh, tmp_path) == ["blocks.layers.dense", "inp"]
-    assert lora.rank_range(fresh) == (2, 4) and fresh.inp.lora.frozen
-    x = jax.random.normal(jax.random.PRNGKey(1), (7, 5))
-    np.testing.assert_array_equal(fresh(x), model(x))
-
-
-@pytest.mark.slow
-def test_peft_loads_our_adapter(tmp_path):
-    """PEFT runs the adapter at rank r (scale lora_alpha / r): our model at rank r_max, to 1e-4."""
-    peft = pytest.importorskip("peft")
-    from test_llama import save_hf, torch_logits
-
-    ref = save_hf(tmp_path / "base")
-    model = llama.from_pretrained(str(tmp_path / "base"))
-    paths = lora.apply_dylora(model, r"layers\.layers\.(attn\.[qvo]|mlp\.down)|lm_head", r=4, alpha=8.0)
-    assert len(paths) == 5
-    randomize_up(model, scale=0.2)
-    lora_files.save_adapter(model, tmp_path / "adapter", base_model_name_or_path=str(tmp_path / "base"))
-    peft_model = peft.PeftModel.from_pretrained(ref, str(tmp_path / "adapter")).eval()
-    tokens = np.random.default_rng(3).integers(0, 97, (2, 12))
-    ours = model(jnp.asarray(tokens))
-    np.testing.assert_allclose(ours, torch_logits(peft_model, tokens), atol=1e-4, rtol=1e-4)
-    assert not np.allclose(ours, lora.merge(model, 1)(jnp.asarray(tokens)), atol=1e-3)
-    peft_model.save_pretrained(str(tmp_path / "peft_saved"))  # a file PEFT wrote loads too
-    again = llama.from_pretrained(str(tmp_path / "base"))
-    assert lora_files.load_adapter(again, tmp_path / "peft_saved") == paths
-    np.testing.assert_allclose(again(jnp.asarray(tokens)), ours, atol=1e-6)
-    back = llama.from_pretrained(str(tmp_path / "base"))
-    assert lora_files.load_adapter(back, tmp_path / "adapter") == paths
-    np.testing.assert_allclose(
-        back(jnp.asarray(tokens), sub=SubModel.of(rank=2)),
-        model(jnp.asarray(tokens), sub=SubModel.of(rank=2)),
-        atol=1e-6,
-    )
