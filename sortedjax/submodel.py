@@ -13,7 +13,9 @@ A :class:`Pool` says which sub-models are trained and how often:
   drawn independently;
 * or as an explicit list of configurations (:meth:`Pool.from_configs`), optionally weighted.
 
-``pool.sample(key)`` draws one sub-model per step (shared by the whole batch).
+``pool.sample(key)`` draws one sub-model per step (shared by the whole batch); the
+distribution of each dimension is thesis Algorithm 2's P_Bj. ``pool.targeted(sub)`` gives
+Theta-perp(sub), the truncations of ``sub`` along each dimension that stochastic summation adds.
 """
 
 from __future__ import annotations
@@ -206,17 +208,37 @@ class Pool:
         cfgs = self.configs()
         return SubModel(**{n: jnp.asarray([c[n] for c in cfgs], jnp.int32) for n in self.names})
 
-    def targeted(self, sub: SubModel) -> list[SubModel]:
-        """The sub-models targeted by ``sub`` along each dimension.
+    def supports(self) -> dict[str, tuple[int, ...]]:
+        """Each dimension's support, ascending (a config pool: the sizes its configs use)."""
+        if self.dims is not None:
+            return {k: tuple(sorted(set(d.support))) for k, d in self.dims.items()}
+        return {k: tuple(sorted(set(map(int, self._configs[:, i])))) for i, k in enumerate(self.names)}
 
-        Along dimension ``d`` the targeted sub-model keeps ``sub``'s size in ``d`` and takes
-        the pool maximum in every other dimension (thesis Algorithm 2, stochastic summation).
+    def targeted(self, sub: SubModel) -> tuple[SubModel, jax.Array]:
+        """Theta-perp(sub): the sub-models ``sub`` targets (thesis Algorithm 2, stochastic summation).
+
+        Along each dimension ``d`` of the pool: ``sub`` truncated to every size of ``d``'s support
+        smaller than ``sub.d``, every other dimension kept at ``sub``'s size. ``sub`` may be traced,
+        so the count varies; the answer keeps a static shape: every candidate (each support size of
+        each dimension) stacked into one SubModel of int32 vectors, with a bool vector saying which
+        candidates are truncations (``size < sub.d``). :meth:`targeted_configs` lists them concretely.
         """
-        full = self.max()
+        fields, valid = {n: [] for n in DIMS}, []
+        for name, support in self.supports().items():
+            for s in support:
+                for n in DIMS:
+                    v = jnp.asarray(s, jnp.int32) if n == name else getattr(sub, n)
+                    fields[n].append(None if v is None else jnp.asarray(v, jnp.int32))
+                valid.append(jnp.asarray(s, jnp.int32) < getattr(sub, name))
+        stacked = {n: None if any(v is None for v in vs) else jnp.stack(vs) for n, vs in fields.items()}
+        return SubModel(**stacked), jnp.stack(valid)
+
+    def targeted_configs(self, sizes: Mapping[str, int]) -> list[dict[str, int]]:
+        """The sub-models a concrete ``sizes`` targets, as dicts (see :meth:`targeted`)."""
+        missing = [n for n in self.names if n not in sizes]
+        if missing:
+            raise ValueError(f"sizes {dict(sizes)} lack pool dimension {missing[0]!r}; the pool has {self.names}")
         out = []
-        for name in self.names:
-            sizes = {n: full[n] for n in self.names}
-            kw = {n: jnp.asarray(v, jnp.int32) for n, v in sizes.items()}
-            kw[name] = getattr(sub, name)
-            out.append(SubModel(**kw))
+        for name, support in self.supports().items():
+            out += [{**{k: int(v) for k, v in sizes.items()}, name: s} for s in support if s < int(sizes[name])]
         return out

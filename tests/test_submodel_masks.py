@@ -38,8 +38,9 @@ def test_pool_from_configs_and_targeted():
     assert pairs == {(1, 2), (3, 8)}
     assert abs(np.mean(np.asarray(subs.depth) == 3) - 0.75) < 0.02
     assert pool.max() == {"depth": 3, "width": 8}
-    t = pool.targeted(SubModel.of(depth=1, width=2))
-    assert [x.as_dict() for x in t] == [{"depth": 1, "width": 8}, {"depth": 3, "width": 2}]
+    # Theta-perp: truncations of the sampled sub-model, never larger ones
+    assert pool.targeted_configs({"depth": 1, "width": 2}) == []
+    assert pool.targeted_configs({"depth": 3, "width": 8}) == [{"depth": 1, "width": 8}, {"depth": 3, "width": 2}]
     assert len(Pool({"width": Dim.range(1, 4), "depth": Dim(support=(1, 2))}).configs()) == 8
 
 
