@@ -109,6 +109,17 @@ class SoftExperiment:
         "model scaled to the model's depth, plus the last layer",
     )
     dtype: str = flags.option("float32", help="parameter and compute dtype", choices=DTYPES)
+    remat: str = flags.option(
+        "none",
+        help="per-decoder-layer rematerialisation (jax.checkpoint policy): none, full (save nothing), dots "
+        "(save matmul outputs), dots_no_batch; see python -m experiments.plan for what fits",
+        choices=("none", "full", "dots", "dots_no_batch"),
+    )
+    opt_state_dtype: str = flags.option(
+        "param",
+        help='AdamW moments: "param" = the parameter dtype, "float32" = float32 also for bfloat16 parameters',
+        choices=("param", "float32"),
+    )
     steps: int = flags.option(
         100, help="fine-tuning steps of each of SFT, SoFT and extracted fine-tuning (the equal budget)"
     )

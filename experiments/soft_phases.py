@@ -65,9 +65,9 @@ def setup(cfg: SoftExperiment) -> Context:
     """Mesh, examples, the base model (built or reused), its tokenizer, exits and batches."""
     t_start = time.time()
     if cfg.distributed:
-        import jax
+        from sortedjax import distributed
 
-        jax.distributed.initialize()  # TPU pods: coordinator and process ids come from the environment
+        distributed.initialize()  # TPU pods: coordinator and process ids come from the environment
     import jax
 
     from sortedjax import hf, soft
@@ -158,6 +158,7 @@ def _train_cfg(cfg: SoftExperiment, sub: str, steps: int, lr: float, **kw):
         optimizer="adamw",
         grad_clip_norm=1.0,
         grad_accum=cfg.grad_accum,
+        opt_state_dtype=None if cfg.opt_state_dtype == "param" else cfg.opt_state_dtype,
         checkpoint_every=100,
         log_every=10,
         seed=cfg.seed,
@@ -205,8 +206,8 @@ def build_base(cfg: SoftExperiment, mesh, task) -> str:
         _train_cfg(cfg, "base/train", cfg.base_steps, cfg.base_learning_rate),
         mesh=mesh if cfg.base_sharded else None,
     )
+    llama.save_pretrained(res.model, out)  # every process: it gathers the parameters, process 0 writes
     if jax.process_index() == 0:
-        llama.save_pretrained(res.model, out)
         tok.save_pretrained(out)
     log(f"base model: {cfg.base_layers} layers, final LM loss {res.history[-1]['loss']:.3f}, saved to {out}")
     return out
@@ -219,7 +220,7 @@ def finetune(ctx: Context, mode: str, init_path: str, exits, *, steps: int, lr: 
     from sortedjax.train import train
 
     cfg = ctx.cfg
-    model = llama.from_pretrained(init_path, dtype=cfg.dtype, mesh=ctx.mesh, **load_kw)
+    model = llama.from_pretrained(init_path, dtype=cfg.dtype, mesh=ctx.mesh, remat=cfg.remat, **load_kw)
     scfg = soft.SoftConfig(mode=mode, exits=exits, num_layers=ctx.num_layers, response_len=cfg.max_response_len)
     name = mode if mode != "extracted" else f"extracted_{exits[0]}"
     kw = {"trainable": soft.head_filter()} if mode == "sft_ict" else {}
@@ -245,10 +246,10 @@ def finetune_and_decode(ctx: Context, mode: str):
     with timed(ctx.times, mode):
         cfg = ctx.cfg
         model, last = finetune(ctx, mode, ctx.base, ctx.exits, steps=cfg.steps, lr=cfg.learning_rate)
-        if ctx.main:  # sft/hf is where SFT+ICT starts; soft/hf is what experiments.export cuts
-            llama.save_pretrained(model, os.path.join(cfg.workdir, mode, "hf"))
-            if mode == "soft":
-                ctx.tok.save_pretrained(os.path.join(cfg.workdir, mode, "hf"))
+        # sft/hf is where SFT+ICT starts; soft/hf is what experiments.export cuts (every process gathers)
+        llama.save_pretrained(model, os.path.join(cfg.workdir, mode, "hf"))
+        if ctx.main and mode == "soft":
+            ctx.tok.save_pretrained(os.path.join(cfg.workdir, mode, "hf"))
         outputs = generate_at_exits(ctx, model, ctx.exits)
         return model, outputs, {**score(outputs, ctx.eval_ex), "final_train_loss": last}
 

@@ -53,7 +53,15 @@ class ArrayBatches:
             "shuffle": self.shuffle,
         }
 
-    def __call__(self, step: int) -> dict[str, np.ndarray]:
+    takes_rows = True  # sortedjax.sharding.host_batch may ask for one process's rows only
+
+    def __call__(self, step: int, rows: slice | None = None) -> dict[str, np.ndarray]:
+        """Batch ``step``; ``rows``: only those rows of it (one host's share of a multi-host batch)."""
         epoch, i = divmod(step, self.steps_per_epoch)
         idx = self._permutation(epoch)[i * self.batch_size : (i + 1) * self.batch_size]
+        if rows is not None:
+            lo, hi, stride = rows.indices(self.batch_size)
+            if stride != 1 or hi <= lo:
+                raise ValueError(f"rows must be a non-empty contiguous slice of 0..{self.batch_size}, got {rows}")
+            idx = idx[lo:hi]
         return {k: v[idx] for k, v in self.arrays.items()}

@@ -3,6 +3,10 @@
 Parameters carry *logical* axis names only (``("embed", "mlp")``); :data:`RULES` maps each
 name to a mesh axis. Everything else (``state_shardings``, ``shard_batch``) is derived
 from that one table, so changing the parallelism layout is a one-line edit here.
+Activations and the KV cache carry logical names too (``act_*``, ``cache_*``): :func:`constrain`
+applies them under the mesh that ``jax.set_mesh`` / :func:`use_mesh` sets (training and memory
+plans set it; without one they are no-ops). :func:`host_batch` assembles a global batch from each
+process's own rows when several processes share the mesh (:mod:`sortedjax.distributed`).
 
 Mesh spec grammar (the ``--mesh`` flag of every experiment):
 
@@ -42,7 +46,21 @@ RULES: dict[str, str | tuple[str, ...] | None] = {
     "in": None,
     "classes": None,
     "length": None,
+    # activations and the KV cache: batch over the data-parallel axes, heads / MLP width over tensor
+    "act_batch": ("data", "fsdp"),
+    "act_length": None,
+    "act_embed": None,
+    "act_heads": "tensor",
+    "act_kv_heads": "tensor",
+    "act_mlp": "tensor",
+    "act_vocab": "tensor",
+    "cache_layers": None,
+    "cache_batch": ("data", "fsdp"),
+    "cache_length": None,
+    "cache_kv_heads": "tensor",
 }
+ACT_BxLxD = ("act_batch", "act_length", "act_embed")  # the residual stream
+CACHE_NxBxSxGxK = ("cache_layers", "cache_batch", "cache_length", "cache_kv_heads", "head_dim")  # KV cache
 
 
 def param(value: jax.Array, names: Sequence[str | None]) -> nnx.Param:
@@ -102,7 +120,7 @@ def ensure_devices(n: int) -> None:
     """
     if n < 1:
         raise ValueError(f"device count must be >= 1, got {n}")
-    if _backends_started():
+    if _backends_started() or jax.distributed.is_initialized():  # several processes: their devices are fixed
         have = jax.device_count()
         if have < n:
             raise ValueError(
@@ -217,5 +235,105 @@ def shard_batch(batch, mesh: Mesh | None):
     return jax.tree.map(put, batch)
 
 
+def process_rows(global_batch: int, mesh: Mesh) -> slice:
+    """The rows of a ``global_batch``-row batch whose shards live on this process's devices."""
+    idx = batch_sharding(mesh, (global_batch,)).addressable_devices_indices_map((global_batch,))
+    spans = sorted({sl[0].indices(global_batch)[:2] for sl in idx.values()})
+    lo, hi = spans[0][0], spans[0][1]
+    for a, b in spans[1:]:
+        if a > hi:
+            raise ValueError(
+                f"this process's devices hold rows {spans} of the batch, not one contiguous range; order the "
+                f"mesh's devices by process (make_mesh does)"
+            )
+        hi = max(hi, b)
+    return slice(lo, hi)
+
+
+def host_batch(data, step: int, mesh: Mesh | None):
+    """Batch ``step`` of ``data`` (``step -> dict``) placed on the mesh as global arrays.
+
+    One process: :func:`shard_batch`. Several: each process builds only its own rows
+    (``data(step, rows=slice)`` when ``data`` has a ``batch_size`` and takes ``rows``, e.g.
+    :class:`sortedjax.batches.ArrayBatches`; otherwise it slices its rows out of ``data(step)``)
+    and ``jax.make_array_from_process_local_data`` assembles the global batch.
+    """
+    if mesh is None or jax.process_count() == 1:
+        return shard_batch(data(step), mesh)
+    n = getattr(data, "batch_size", None)
+    if n is not None and getattr(data, "takes_rows", False):
+        rows = process_rows(n, mesh)
+        local = data(step, rows=rows)
+    else:
+        full = data(step)
+        n = len(jax.tree.leaves(full)[0])
+        rows = process_rows(n, mesh)
+        local = jax.tree.map(lambda x: np.asarray(x)[rows], full)
+
+    def put(x):
+        x = np.asarray(x)
+        shape = (n,) + x.shape[1:]
+        return jax.make_array_from_process_local_data(batch_sharding(mesh, shape), x, shape)
+
+    return jax.tree.map(put, local)
+
+
+def use_mesh(mesh: Mesh | None):
+    """``jax.set_mesh(mesh)`` (what :func:`constrain` reads), or nothing without a mesh."""
+    import contextlib
+
+    return contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh)
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
+
+
+def train_shardings(tx, params, rest, mesh: Mesh):
+    """Shardings of a train step's (params, optimizer state, rest) and the replicated one.
+
+    Optimizer moments follow their parameter's sharding; counters are replicated. ``params``
+    may be abstract (``nnx.eval_shape``), so a memory plan uses the shardings training uses.
+    """
+    import optax
+
+    p_shard = state_shardings(params, mesh)
+    r_shard = state_shardings(rest, mesh)
+    rep = replicated(mesh)
+    o_shard = optax.tree_utils.tree_map_params(
+        tx,
+        lambda _, s: s,
+        jax.eval_shape(tx.init, params),
+        p_shard,
+        transform_non_params=lambda _: rep,
+        is_leaf=lambda x: isinstance(x, nnx.Variable),
+    )
+    return p_shard, o_shard, r_shard, rep
+
+
+def batch_sharding(mesh: Mesh, shape: Sequence[int]) -> NamedSharding:
+    """The sharding :func:`shard_batch` gives an array of ``shape`` (leading batch axis split)."""
+    if not len(shape):
+        return replicated(mesh)
+    return NamedSharding(mesh, logical_to_spec(("batch",) + (None,) * (len(shape) - 1), shape, mesh))
+
+
+def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
+    """Constrain an activation to the sharding its logical ``names`` give under :data:`RULES`.
+
+    Uses the mesh set by ``jax.set_mesh`` (training and planning set it); without one, or inside
+    ``shard_map``, ``x`` is returned unchanged, so models run the same on one device.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or len(names) != x.ndim or any(a not in mesh.shape for a in MESH_AXES):
+        return x
+    if any(t != jax.sharding.AxisType.Auto for t in mesh.axis_types):
+        return x
+    spec = _quiet_spec(names, x.shape, mesh)
+    return jax.lax.with_sharding_constraint(x, spec)
+
+
+def _quiet_spec(names, shape, mesh) -> PartitionSpec:
+    with warnings.catch_warnings():  # activations of tiny test models: replicate undivisible dims silently
+        warnings.simplefilter("ignore")
+        return logical_to_spec(names, shape, mesh)

@@ -5,8 +5,10 @@
 * ``nnx.split`` once into (trainable params, everything else); a pure ``train_step`` under
   ``jax.jit`` with in/out shardings from the logical-axis rules and donated buffers;
 * optax optimizer + schedule from :class:`TrainConfig`; gradient accumulation over
-  ``grad_accum`` micro-batches (each with its own RNG key, so each may sample its own
-  sub-model);
+  ``grad_accum`` micro-batches = thesis Algorithm 2's ``g_acc``: ``data(step)`` holds ``g_acc``
+  mini-batches, iteration ``i`` gets mini-batch ``i`` and its own RNG key (so its own sampled
+  sub-model), and the averaged gradients make one optimizer update (the ``t mod g_acc`` update),
+  in one compiled program holding one mini-batch's activations at a time;
 * batches are a pure function of the step (``data(step) -> dict``), and the step key is
   ``fold_in(base_key, step)``, so a resumed run sees exactly the data and randomness of an
   uninterrupted one;
@@ -283,9 +285,10 @@ def train(
         step = start
         try:
             while step < cfg.steps:
-                batch = shd.shard_batch(data(step), mesh)
+                batch = shd.host_batch(data, step, mesh)  # several processes: each builds only its rows
                 key = jax.random.fold_in(base_key, step)
-                step, (params, opt_state, metrics) = step + 1, jstep(params, opt_state, rest, batch, key)
+                with shd.use_mesh(mesh):  # activation sharding constraints read the mesh while tracing
+                    step, (params, opt_state, metrics) = step + 1, jstep(params, opt_state, rest, batch, key)
                 bar.update(1)
                 if pending is not None:
                     drain(pending)

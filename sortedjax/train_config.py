@@ -25,7 +25,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     momentum: float = 0.0  # sgd only
     grad_clip_norm: float | None = None
-    grad_accum: int = 1
+    grad_accum: int = 1  # thesis g_acc: data(step) holds g_acc mini-batches, one update per step
+    opt_state_dtype: str | None = None  # None: moments in the params' dtype; "float32" for bfloat16 params
     checkpoint_every: int = 100
     max_to_keep: int = 2
     log_every: int = 10
@@ -43,6 +44,8 @@ class TrainConfig:
             raise ValueError(f"schedule {self.schedule!r} unknown; allowed: {SCHEDULES}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer {self.optimizer!r} unknown; allowed: {OPTIMIZERS}")
+        if self.opt_state_dtype not in (None, "float32"):
+            raise ValueError(f"opt_state_dtype must be None or 'float32', got {self.opt_state_dtype!r}")
         if self.grad_accum < 1:
             raise ValueError(f"grad_accum must be >= 1, got {self.grad_accum}")
         if self.checkpoint_every < 1:
@@ -86,4 +89,22 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
         opt = optax.sgd(sched, momentum=cfg.momentum or None)
     if cfg.grad_clip_norm is not None:
         opt = optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), opt)
-    return opt
+    return opt if cfg.opt_state_dtype is None else float32_state(opt)
+
+
+def float32_state(inner: optax.GradientTransformation) -> optax.GradientTransformation:
+    """``inner`` with its state (Adam moments) and arithmetic in float32 whatever the params' dtype;
+    updates come back in each parameter's dtype (bfloat16 params, float32 optimizer state)."""
+    import jax
+    import jax.numpy as jnp
+
+    f32 = lambda t: jax.tree.map(lambda x: x.astype(jnp.float32), t)  # noqa: E731
+
+    def init(params):
+        return inner.init(f32(params))
+
+    def update(updates, state, params=None):
+        new, state = inner.update(f32(updates), state, None if params is None else f32(params))
+        return jax.tree.map(lambda n, u: n.astype(u.dtype), new, updates), state
+
+    return optax.GradientTransformation(init, update)

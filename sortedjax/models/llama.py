@@ -23,10 +23,18 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
-from sortedjax import hf, nn, sharding
+from sortedjax import distributed, hf, nn, sharding
 from sortedjax.models import common
 from sortedjax.models.llama_config import DTYPES, LlamaConfig  # noqa: F401 - re-exported
 from sortedjax.submodel import SubModel, check_sizes
+
+
+def _constrain_cache(cache):
+    """The KV cache's keys / values sharded by their logical names (batch and kv heads)."""
+    if cache is None:
+        return None
+    names = sharding.CACHE_NxBxSxGxK
+    return dataclasses.replace(cache, k=sharding.constrain(cache.k, names), v=sharding.constrain(cache.v, names))
 
 
 class DecoderLayer(nnx.Module):
@@ -65,6 +73,7 @@ class DecoderLayer(nnx.Module):
         start=None,
         kv_only=False,
     ):
+        x = sharding.constrain(x, sharding.ACT_BxLxD)
         if kv_only:  # state copying: this layer's keys / values from x, x passes unchanged
             kv = dict(positions=positions, rank=rank, cache=cache, layer=layer, start=start)
             return x, self.attn(self.attn_norm(x), kv_only=True, **kv)
@@ -79,8 +88,9 @@ class DecoderLayer(nnx.Module):
             start=start,
         )
         a, cache = a if cache is not None else (a, None)
-        x = x + a
-        x = x + self.mlp(self.mlp_norm(x), hidden=width, rank=rank)
+        cache = _constrain_cache(cache)
+        x = sharding.constrain(x + a, sharding.ACT_BxLxD)
+        x = sharding.constrain(x + self.mlp(self.mlp_norm(x), hidden=width, rank=rank), sharding.ACT_BxLxD)
         return x if cache is None else (x, cache)
 
 
@@ -121,16 +131,18 @@ class Llama(nnx.Module):
         check_sizes({"depth": exit_layer}, self.limits)
         return self.cfg.num_hidden_layers if exit_layer is None else exit_layer
 
-    def logits_from_hidden(self, h_xD, exit_index=None):
+    def logits_from_hidden(self, h_xD, exit_index=None, *, sub: SubModel | None = None):
         """Final RMSNorm + LM head on pre-norm hidden states (float32 logits).
 
         ``exit_index=None`` uses the shared final norm + head; an int (may be traced) picks
         the ``exit_index``-th separate exit head (``cfg.exit_head_layers[exit_index]``).
+        ``sub.rank`` is the rank a DyLoRA adapter on ``lm_head`` runs at (``None``: r_max).
         """
         if exit_index is None:
             h = self.final_norm(h_xD)
-            out = self.embed.attend(h) if self.lm_head is None else self.lm_head(h)
-            return out.astype(jnp.float32)
+            rank = None if sub is None else sub.rank
+            out = self.embed.attend(h) if self.lm_head is None else self.lm_head(h, rank=rank)
+            return sharding.constrain(out.astype(jnp.float32), ("act_batch", "act_length", "act_vocab"))
         if not self.cfg.num_exit_heads:
             raise ValueError(
                 "exit_index given but the model has no separate exit heads (LlamaConfig.exit_head_layers is empty)"
@@ -138,15 +150,15 @@ class Llama(nnx.Module):
         normed = self.exit_norm[exit_index] * nn.norm.rms_normalize(h_xD, self.cfg.rms_norm_eps)
         return jnp.einsum("...d,dv->...v", normed, self.exit_head[exit_index]).astype(jnp.float32)
 
-    def logits_at_exit(self, h_xD, exit_layer):
+    def logits_at_exit(self, h_xD, exit_layer, *, sub: SubModel | None = None):
         """Logits for hidden states after ``exit_layer`` layers (own head if it has one)."""
         if not self.cfg.num_exit_heads:
-            return self.logits_from_hidden(h_xD)
+            return self.logits_from_hidden(h_xD, sub=sub)
         hit_E = jnp.asarray(self.cfg.exit_head_layers, jnp.int32) == jnp.asarray(exit_layer, jnp.int32)
         return lax.cond(
             hit_E.any(),
             lambda h: self.logits_from_hidden(h, jnp.argmax(hit_E)),
-            lambda h: self.logits_from_hidden(h),
+            lambda h: self.logits_from_hidden(h, sub=sub),
             h_xD,
         )
 
@@ -155,7 +167,7 @@ class Llama(nnx.Module):
         mask_BxL = jnp.ones((B, L), bool) if attention_mask is None else jnp.asarray(attention_mask).astype(bool)
         if positions is None:  # padding-aware positions, as transformers' generate uses
             positions = jnp.maximum(jnp.cumsum(mask_BxL, axis=1) - 1, 0)
-        x = self.embed(tokens_BxL)
+        x = sharding.constrain(self.embed(tokens_BxL), sharding.ACT_BxLxD)
         return self.layers(
             x, depth=depth, exits=exits, mask=mask_BxL[:, None, :], positions=jnp.asarray(positions), **kw
         )
@@ -178,7 +190,8 @@ class Llama(nnx.Module):
 
     def _logits(self, tokens_BxL, depth, attention_mask, positions, kw):
         h = self._run(tokens_BxL, depth, None, attention_mask, positions, kw)
-        return self.logits_at_exit(h, self.cfg.num_hidden_layers if depth is None else depth)
+        exit_layer = self.cfg.num_hidden_layers if depth is None else depth
+        return self.logits_at_exit(h, exit_layer, sub=SubModel(rank=kw["rank"]))
 
     def hidden_states(self, tokens_BxL, exits, attention_mask=None, positions=None, *, sub: SubModel | None = None):
         """Pre-final-norm hidden states E x B x L x D after each exit (1-based layer counts)."""
@@ -195,7 +208,8 @@ class Llama(nnx.Module):
 
     def init_cache(self, batch: int, length: int) -> nn.KVCache:
         c = self.cfg
-        return nn.KVCache.create(c.num_hidden_layers, batch, length, c.num_key_value_heads, c.head_dim, c.jnp_dtype)
+        cache = nn.KVCache.create(c.num_hidden_layers, batch, length, c.num_key_value_heads, c.head_dim, c.jnp_dtype)
+        return _constrain_cache(cache)
 
     def forward_cached(
         self,
@@ -340,7 +354,10 @@ def from_pretrained(path_or_id: str, dtype: str = "float32", mesh=None, **overri
 
 
 def save_pretrained(model: Llama, out_dir, sub: SubModel | None = None, num_layers: int | None = None) -> None:
-    """Write sub-model ``sub`` (or the first ``num_layers`` layers) as a transformers checkpoint."""
+    """Write sub-model ``sub`` (or the first ``num_layers`` layers) as a transformers checkpoint.
+
+    With several processes every one must call it (the parameters are gathered); process 0 writes.
+    """
     from sortedjax.extract import extract
 
     if num_layers is not None:
@@ -350,7 +367,10 @@ def save_pretrained(model: Llama, out_dir, sub: SubModel | None = None, num_laye
     small = model if sub is None else extract(model, sub)
     if small.cfg.num_exit_heads:
         small = extract(small, SubModel.of(depth=small.cfg.num_hidden_layers))
-    params = nnx.to_pure_dict(nnx.state(small, nnx.Param))
+    params = distributed.gather(nnx.to_pure_dict(nnx.state(small, nnx.Param)))  # all processes take part
+    if not distributed.is_main():  # several processes: process 0 writes, the others wait for it
+        distributed.sync("llama_save_pretrained")
+        return
     tensors = {}
     for path, name, n_in, _ in _hf_names(small.cfg):
         w = params
@@ -359,3 +379,4 @@ def save_pretrained(model: Llama, out_dir, sub: SubModel | None = None, num_laye
         w = np.asarray(jax.device_get(w))
         tensors[name] = hf.to_torch_layout(w[path[-1]] if isinstance(path[-1], int) else w, n_in)
     hf.write_checkpoint(out_dir, small.cfg.to_hf(), tensors)
+    distributed.sync("llama_save_pretrained")
