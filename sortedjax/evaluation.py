@@ -49,7 +49,8 @@ def exact_match_accuracy(predictions: Sequence[str], references: Sequence[Sequen
     return 100.0 * float(np.mean([exact_match(p, r) for p, r in zip(predictions, references)]))
 
 
-def _lcs(a: Sequence[str], b: Sequence[str]) -> int:
+def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
+    """Length of the longest common subsequence of two token lists."""
     if not a or not b:
         return 0
     prev = [0] * (len(b) + 1)
@@ -64,7 +65,7 @@ def _lcs(a: Sequence[str], b: Sequence[str]) -> int:
 def rouge_l(prediction: str, reference: str) -> float:
     """ROUGE-L F1 over normalized word tokens (0 when either side is empty)."""
     p, r = normalize_answer(prediction).split(), normalize_answer(reference).split()
-    lcs = _lcs(p, r)
+    lcs = lcs_length(p, r)
     if lcs == 0:
         return 0.0
     prec, rec = lcs / len(p), lcs / len(r)
