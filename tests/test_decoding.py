@@ -163,6 +163,7 @@ def test_confidence_early_exit(ckpt):
     tokens, mask = left_padded()
     kw = dict(attention_mask=mask, max_new_tokens=8)
     never, used = decoding.early_exit_generate(model, tokens, exits=(1, 2, 3), threshold=1.1, **kw)
+    compiled = early_exit.early_exit_loop._cache_size()  # other tests may have compiled other shapes
     np.testing.assert_array_equal(never, decoding.generate(model, tokens, **kw))
     assert (used == 4).all()
     # threshold 0: every token after the (full-depth) first one leaves at layer 2, and
@@ -176,4 +177,4 @@ def test_confidence_early_exit(ckpt):
     assert (used[:, 1:] == 2).all()
     mid, used = decoding.early_exit_generate(model, tokens, exits=(1, 2, 3), threshold=0.05, **kw)
     assert mid.shape == (3, 8) and set(np.unique(used[:, 1:])) <= {1, 2, 3, 4}
-    assert early_exit.early_exit_loop._cache_size() == 1
+    assert early_exit.early_exit_loop._cache_size() == compiled

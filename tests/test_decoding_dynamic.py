@@ -2,6 +2,7 @@
 argument checks (issue 12); the generate boundary's id and length checks (issue 15)."""
 
 import itertools
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -181,3 +182,39 @@ def test_per_row_cache_write_equals_scalar_write():
     np.testing.assert_array_equal(c.k[1, 2, 7], k[2, 0])
     mask = c.attention_mask(jnp.array([0, 3, 7]), 2)
     assert mask.shape == (3, 2, 8) and mask[1, 1].sum() == 5 and mask[0, 0].sum() == 1
+
+
+def _bench_models():
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "dynamic_inference_model.py"
+    spec = importlib.util.spec_from_file_location("dynamic_inference_model", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.slow  # trains twice (a few steps each, compiled)
+def test_benchmark_model_is_soft_trained_once_then_cached(tmp_path):
+    dm = _bench_models()
+    spec = dm.BenchModel(layers=2, hidden=16, heads=2, steps=3, batch_size=4, docs=40)
+    assert spec.exits == (1, 2) and dm.MODELS["b_deep"].exits == (6, 9, 12, 15, 18, 21, 24)
+    assert spec.key() != dm.BenchModel(layers=2, hidden=16, heads=2, steps=4, batch_size=4, docs=40).key()
+    m1, tok, held_out, rec1 = dm.load_or_train("t", spec, cache=str(tmp_path))
+    assert not rec1["cached"] and set(rec1["final_metrics"]) >= {"loss@1", "loss@2"}
+    m2, _, _, rec2 = dm.load_or_train("t", spec, cache=str(tmp_path))
+    assert rec2["cached"]
+    for a, b in zip(jax.tree.leaves(nnx.state(m1, nnx.Param)), jax.tree.leaves(nnx.state(m2, nnx.Param))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    _, _, _, rec3 = dm.load_or_train("t", spec, cache=str(tmp_path), retrain=True)
+    assert not rec3["cached"]
+    p = dm.prompts(tok, held_out, 3, 5)
+    assert p.shape == (3, 5) and (p[:, 0] == tok.bos_token_id).all()
+    with pytest.raises(ValueError, match="hidden 15 must be a multiple of heads 2"):
+        dm.BenchModel(layers=2, hidden=15, heads=2, steps=1)
+    with pytest.raises(ValueError, match="steps must be >= 1, got 0"):
+        dm.BenchModel(layers=2, hidden=16, heads=2, steps=0)
+    with pytest.raises(ValueError, match="held-out documents have 500 tokens"):
+        dm.prompts(tok, held_out, 2, 500)

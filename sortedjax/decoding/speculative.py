@@ -35,10 +35,12 @@ def speculate_loop(
     B, S = cache.valid.shape
     dist = functools.partial(distribution, temperature=controls[0], top_k=controls[1], top_p=controls[2])
     rows = jnp.arange(B)
+    # one row: a scalar slot (the cache is written with dynamic_update_slice, not a per-row scatter)
+    at = (lambda slot_B: slot_B[0]) if B == 1 else (lambda slot_B: slot_B)
 
     def draft_token(tok_B, j, slot_B, pos_B, cache):
         h, cache = model.forward_cached(
-            tok_B[:, None], cache, start=slot_B + j, positions_BxT=(pos_B + j)[:, None], exit_layer=draft
+            tok_B[:, None], cache, start=at(slot_B + j), positions_BxT=(pos_B + j)[:, None], exit_layer=draft
         )
         return h[:, 0], dist(model.logits_at_exit(h, draft)[:, 0]), cache
 
@@ -73,7 +75,7 @@ def speculate_loop(
         h, cache = model.forward_cached(
             chunk,
             cache,
-            start=slot,
+            start=at(slot),
             positions_BxT=pos[:, None] + jnp.arange(W + 1),
             exit_layer=N,
             start_layer=draft,
