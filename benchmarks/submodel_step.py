@@ -10,6 +10,13 @@ In one run, on the same MLP (``SortedMLP``: ``nn.Linear`` layers, ``nn.LayerStac
   the ideal is (L+1)/(2L));
 * the number of compilations of the sorted step while it trains many sub-models (must be 1).
 
+With ``--model cnn`` the same on the sorted MobileNetV2 (``nn.Conv`` / norms, depth by
+``nnx.cond`` per block, width levels): ``sampled_over_full`` (depth 2..17 and width 1..10 drawn
+per step and passed to the one compiled step as data, over the full-model step), ``shallowest_over_full`` (depth 2, full width: the work
+really skipped), ``narrowest_over_full`` (full depth, width 1/10: masks keep shapes, so width
+saves nothing on a CPU), and the compilations of the sampled step (must be 1); JSON to
+``benchmarks/results/submodel_step_cnn.json``.
+
 Timings interleave the variants round by round and take medians. The default batch (1024) is
 compute-bound, as real training steps are; at small batches the fixed per-step costs (Adam over
 every parameter, and the residuals that ``lax.cond`` under ``grad`` must zero-fill for skipped
@@ -17,6 +24,7 @@ layers: the forward pass alone scales with depth, the backward does not fully) w
 batch 256 gave masked-full/plain 1.23x and uniform/full depth 0.80x on the same machine. Run::
 
     python benchmarks/submodel_step.py [--out benchmarks/results/submodel_step.json]
+    python benchmarks/submodel_step.py --model cnn [--batch 128 --rounds 10]
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ from flax import nnx
 
 from sortedjax import objectives
 from sortedjax.models.mlp import MLPConfig, SortedMLP
-from sortedjax.submodel import Dim, Pool
+from sortedjax.submodel import Dim, Pool, SubModel
 from sortedjax.train import make_train_step
 
 
@@ -55,14 +63,92 @@ def xent(logits, y):
     return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], 1))
 
 
+def interleaved(runs: dict, rounds: int) -> dict[str, list[float]]:
+    """Compile + warm up every variant, then time them round by round."""
+    for f in runs.values():
+        f(0)
+        f(1)
+    times = {n: [] for n in runs}
+    for r in range(rounds):
+        for n, f in runs.items():
+            t0 = time.perf_counter()
+            f(100 + r)
+            times[n].append(time.perf_counter() - t0)
+    return times
+
+
+def cnn_main(a):
+    from sortedjax.models import cnn_common as cc
+    from sortedjax.models import mobilenet_v2 as mb
+
+    cfg = mb.config(a.width_mult, last=256, width_levels=10, norm="batch")
+    model = mb.MobileNetV2(cfg, rngs=nnx.Rngs(0))
+    n = model.limits["depth"]
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    tx = optax.adam(1e-3)
+    rng = np.random.default_rng(0)
+    batch = {
+        "x": jnp.asarray(rng.normal(size=(a.batch, a.image, a.image, 3)), jnp.float32),
+        "y": jnp.asarray(rng.integers(0, 10, a.batch), jnp.int32),
+    }
+    sampler = Pool({"depth": Dim.range(n - 15, n), "width": Dim.range(1, 10)})
+    fixed = {"full": (n, 10), "shallowest": (n - 15, 10), "narrowest": (n, 1)}
+
+    def loss_fn(m, b, sub):  # the sub-model is data: one compiled step serves all of them
+        return cc.cross_entropy(m(b["x"], sub), b["y"]), {}
+
+    step = jax.jit(make_train_step(graphdef, loss_fn, tx))
+    draw = jax.jit(sampler.sample)
+    opt = tx.init(params)
+
+    def run_sampled(i):
+        jax.block_until_ready(step(params, opt, (rest,), batch, draw(jax.random.PRNGKey(i))))
+
+    runs = {"sampled": run_sampled}
+    for name, (d, w) in fixed.items():
+        sub = SubModel.of(depth=d, width=w)
+        runs[name] = lambda i, sub=sub: jax.block_until_ready(step(params, opt, (rest,), batch, sub))
+    times = interleaved(runs, a.rounds)
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    result = {
+        "sampled_over_full": med["sampled"] / med["full"],
+        "shallowest_over_full": med["shallowest"] / med["full"],
+        "narrowest_over_full": med["narrowest"] / med["full"],
+        "sampled_step_compilations": step._cache_size(),
+        "distinct_submodels_seen": a.rounds + 2,
+        "median_step_seconds": med,
+        "config": vars(a)
+        | {"blocks": n, "backend": jax.default_backend(), "devices": jax.device_count(), "machine": platform.machine()},
+    }
+    print(f"MobileNetV2 x{a.width_mult}, batch {a.batch} of {a.image}x{a.image}, {n} blocks")
+    print(f"sampled sub-model step / full step (median):  {result['sampled_over_full']:.3f}x")
+    print(f"depth {n - 15} step / full step (median):           {result['shallowest_over_full']:.3f}x (work skipped)")
+    print(f"width 1/10 step / full step (median):         {result['narrowest_over_full']:.3f}x (masked, same shapes)")
+    print(f"compilations of the step (every sub-model):   {result['sampled_step_compilations']}")
+    return result
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", choices=("mlp", "cnn"), default="mlp", help="the sorted MLP or the sorted MobileNetV2")
+    p.add_argument("--width-mult", type=float, default=0.5, help="cnn: MobileNetV2 width multiplier")
+    p.add_argument("--image", type=int, default=32, help="cnn: image side")
     p.add_argument("--hidden", type=int, default=512)
     p.add_argument("--layers", type=int, default=8)
     p.add_argument("--batch", type=int, default=1024)
     p.add_argument("--rounds", type=int, default=30)
-    p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "submodel_step.json"))
+    p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/submodel_step[_cnn].json)")
     a = p.parse_args(argv)
+    if a.out is None:
+        name = "submodel_step.json" if a.model == "mlp" else "submodel_step_cnn.json"
+        a.out = os.path.join(os.path.dirname(__file__), "results", name)
+    if a.model == "cnn":
+        result = cnn_main(a)
+        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+        with open(a.out, "w") as f:
+            json.dump(result, f, indent=1)
+        print(f"wrote {a.out}")
+        return result
 
     cfg = MLPConfig(in_dim=64, hidden=a.hidden, out_dim=10, num_blocks=a.layers)
     model = SortedMLP(cfg, rngs=nnx.Rngs(0))
