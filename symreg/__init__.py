@@ -7,8 +7,11 @@ _LAZY = {
     "SymbolicGPTRegressor": "symreg.regressor",
     "FixedCandidates": "symreg.candidates",
     "GeneratorCandidates": "symreg.candidates",
+    "FitConfig": "symreg.fit",
     "fit_constants": "symreg.fit",
     "fit_many": "symreg.fit",
+    "symbolic_recovery": "symreg.metrics",
+    "enable_compilation_cache": "symreg.cache",
     "SkeletonTokenizer": "symreg.tokenizer",
 }
 

@@ -2,11 +2,14 @@
 
 Each instance starts as a perfectly balanced binary tree of depth ``k``: ``2^(k-1)-1``
 internal nodes drawn uniformly from the operator set P and ``2^(k-1)`` leaves drawn
-uniformly from ``x1..xd``. Unary operators (``id sin cos sqrt exp log arcsin pow``) take
+uniformly from ``x1..xd``. Unary operators (``id sin cos sqrt exp log arcsin``) take
 their left child and drop the right subtree, so ``id`` yields shallower and unbalanced
 trees; with probability ``terminal_prob`` an internal node is a *terminal* (a variable)
-and discards both children. ``pow`` raises its child to an integer drawn from
-``exponents``. At every node, with probability ``const_prob`` (r) a multiplicative
+and discards both children. ``pow`` is binary as in the thesis' operator set: the left
+subtree raised to the right subtree (``pow_mode="binary"``, default; a negative base with a
+non-integer exponent gives NaN and the dataset generator drops the equation). The older
+``pow_mode="unary"`` raises the left child to an integer drawn from ``exponents``. At
+every node, with probability ``const_prob`` (r) a multiplicative
 constant from U[c_min, c_max] is drawn and, independently, an additive one:
 ``node = a * op(children) + b``.
 
@@ -27,8 +30,9 @@ import sympy
 from sympy.parsing.sympy_parser import parse_expr
 
 OPERATORS = ("id", "add", "mul", "sin", "pow", "cos", "sqrt", "exp", "div", "sub", "log", "arcsin")
-UNARY = frozenset({"id", "sin", "pow", "cos", "sqrt", "exp", "log", "arcsin"})
-BINARY = frozenset({"add", "mul", "div", "sub"})
+UNARY = frozenset({"id", "sin", "cos", "sqrt", "exp", "log", "arcsin"})  # and pow when pow_mode="unary"
+BINARY = frozenset({"add", "mul", "div", "sub", "pow"})
+POW_MODES = ("binary", "unary")
 MAX_VARS = 9
 X_SYMBOLS = tuple(sympy.Symbol(f"x{i}") for i in range(1, MAX_VARS + 1))
 
@@ -42,7 +46,8 @@ class GeneratorConfig:
     operators: tuple[str, ...] = OPERATORS
     const_prob: float = 0.5
     const_range: tuple[float, float] = (-2.1, 2.1)
-    exponents: tuple[int, ...] = (2, 3)
+    exponents: tuple[int, ...] = (2, 3)  # pow_mode="unary" only
+    pow_mode: str = "binary"
     terminal_prob: float = 0.1
     decimals: int = 3
 
@@ -60,6 +65,8 @@ class GeneratorConfig:
             raise ValueError(f"const_range must be (low, high) with low < high, got {self.const_range}")
         if not self.exponents or any(int(e) != e or e < 1 for e in self.exponents):
             raise ValueError(f"exponents must be positive integers, got {self.exponents}")
+        if self.pow_mode not in POW_MODES:
+            raise ValueError(f"pow_mode must be one of {POW_MODES}, got {self.pow_mode!r}")
         if not 0.0 <= self.terminal_prob < 1.0:
             raise ValueError(f"terminal_prob must be in [0, 1), got {self.terminal_prob}")
 
@@ -70,25 +77,27 @@ class Tree:
 
     ``labels[i]`` is an operator for internal nodes or ``"x<j>"`` for leaves and terminals;
     ``mul[i]`` / ``add[i]`` are the node's constants (``None`` when not drawn);
-    ``exponent[i]`` is set for ``pow`` nodes. Only nodes reachable from the root are used."""
+    ``exponent[i]`` is set for unary ``pow`` nodes (``pow_mode="unary"``); a ``pow`` node
+    without one is binary. Only nodes reachable from the root are used."""
 
     labels: tuple[str, ...]
     mul: tuple[float | None, ...]
     add: tuple[float | None, ...]
     exponent: tuple[int | None, ...]
 
+    def unary(self, i: int) -> bool:
+        return self.labels[i] in UNARY or (self.labels[i] == "pow" and self.exponent[i] is not None)
+
     def reachable(self, i: int = 0) -> list[int]:
-        label = self.labels[i]
-        if label.startswith("x"):
+        if self.labels[i].startswith("x"):
             return [i]
-        kids = [2 * i + 1] if label in UNARY else [2 * i + 1, 2 * i + 2]
+        kids = [2 * i + 1] if self.unary(i) else [2 * i + 1, 2 * i + 2]
         return [i] + [j for k in kids for j in self.reachable(k)]
 
     def depth(self, i: int = 0) -> int:
-        label = self.labels[i]
-        if label.startswith("x"):
+        if self.labels[i].startswith("x"):
             return 1
-        kids = [2 * i + 1] if label in UNARY else [2 * i + 1, 2 * i + 2]
+        kids = [2 * i + 1] if self.unary(i) else [2 * i + 1, 2 * i + 2]
         return 1 + max(self.depth(k) for k in kids)
 
 
@@ -114,7 +123,7 @@ def sample_tree(rng: np.random.Generator, cfg: GeneratorConfig) -> Tree:
         labels=tuple(labels),
         mul=tuple(float(v) if h else None for v, h in zip(mul_vals, has_mul)),
         add=tuple(float(v) if h else None for v, h in zip(add_vals, has_add)),
-        exponent=tuple(int(e) if l == "pow" else None for e, l in zip(exps, labels)),
+        exponent=tuple(int(e) if l == "pow" and cfg.pow_mode == "unary" else None for e, l in zip(exps, labels)),
     )
 
 
@@ -132,6 +141,7 @@ _SYMPY_BINARY = {
     "mul": lambda a, b: a * b,
     "sub": lambda a, b: a - b,
     "div": lambda a, b: a / b,
+    "pow": lambda a, b: a**b,
 }
 
 
@@ -139,7 +149,7 @@ def to_sympy(tree: Tree, i: int = 0) -> sympy.Expr:
     label = tree.labels[i]
     if label.startswith("x"):
         out = X_SYMBOLS[int(label[1:]) - 1]
-    elif label == "pow":
+    elif label == "pow" and tree.exponent[i] is not None:
         out = to_sympy(tree, 2 * i + 1) ** tree.exponent[i]
     elif label in UNARY:
         out = _SYMPY_UNARY[label](to_sympy(tree, 2 * i + 1))
@@ -161,7 +171,7 @@ _NP_UNARY = {
     "log": np.log,
     "arcsin": np.arcsin,
 }
-_NP_BINARY = {"add": np.add, "mul": np.multiply, "sub": np.subtract, "div": np.divide}
+_NP_BINARY = {"add": np.add, "mul": np.multiply, "sub": np.subtract, "div": np.divide, "pow": np.power}
 
 
 def evaluate_tree(tree: Tree, X: np.ndarray, i: int = 0) -> np.ndarray:
@@ -170,7 +180,7 @@ def evaluate_tree(tree: Tree, X: np.ndarray, i: int = 0) -> np.ndarray:
     with np.errstate(all="ignore"):
         if label.startswith("x"):
             out = X[:, int(label[1:]) - 1].astype(np.float64)
-        elif label == "pow":
+        elif label == "pow" and tree.exponent[i] is not None:
             out = evaluate_tree(tree, X, 2 * i + 1) ** tree.exponent[i]
         elif label in UNARY:
             out = _NP_UNARY[label](evaluate_tree(tree, X, 2 * i + 1))

@@ -82,3 +82,48 @@ def test_skeletonize_examples():
     assert ex.skeletonize(sympy.sympify("2*pi*x1/(x2*x3)"))[0] == "C*x1/(x2*x3)"
     assert ex.skeletonize(sympy.sympify("x1**3+x1**2+x1"))[0] == "x1**3+x1**2+x1"
     assert ex.skeletonize(sympy.sympify("x1-x2"))[0] == "x1-x2"
+
+
+def test_binary_pow_frequencies_and_conversions():
+    cfg = ex.GeneratorConfig(n_vars=1, depth=4, terminal_prob=0.1)
+    rng = np.random.default_rng(1)
+    trees = [ex.sample_tree(rng, cfg) for _ in range(3000)]
+    # pow is one of the 12 operators, drawn as often as each other one, and binary: both subtrees used
+    roots = collections.Counter(t.labels[0] for t in trees)
+    assert roots["pow"] / 3000 == pytest.approx(0.9 / 12, abs=0.015)
+    pow_nodes = [(t, i) for t in trees for i in t.reachable() if t.labels[i] == "pow"]
+    assert len(pow_nodes) > 300 and all(t.exponent[i] is None for t, i in pow_nodes)
+    assert all({2 * i + 1, 2 * i + 2} <= set(t.reachable(i)) for t, i in pow_nodes)
+    # its sympy form is base ** subtree, evaluated like numpy (NaN for a negative base)
+    t = next(t for t in trees if t.labels[0] == "pow" and t.mul[0] is None and t.add[0] is None)
+    e = ex.to_sympy(t)
+    assert e.is_Pow and e.exp.free_symbols  # the exponent is an expression of x, not a number
+    X = np.random.default_rng(2).uniform(-3, 3, size=(50, 1))
+    y = ex.evaluate_tree(t, X)
+    ok = np.isfinite(y)
+    f = sympy.lambdify(ex.X_SYMBOLS[:1], e, "numpy")
+    with np.errstate(all="ignore"):
+        ref = np.asarray(f(X[:, 0]), np.complex128)
+    np.testing.assert_allclose(y[ok], ref[ok].real, rtol=1e-9)
+    # the old unary form stays available: child ** {2, 3}, right subtree dropped
+    old = ex.GeneratorConfig(pow_mode="unary")
+    ts = [ex.sample_tree(np.random.default_rng(s), old) for s in range(300)]
+    unary = [(t, i) for t in ts for i in t.reachable() if t.labels[i] == "pow"]
+    assert unary and all(t.exponent[i] in (2, 3) and 2 * i + 2 not in t.reachable(i) for t, i in unary)
+    with pytest.raises(ValueError, match="pow_mode must be one of"):
+        ex.GeneratorConfig(pow_mode="ternary")
+
+
+def test_generated_binary_pow_skeletons_compile_and_fit():
+    from symreg import fit, generate, program
+
+    data = generate.generate_dataset(120, n_vars=1, seed=0)
+    pw = [d for d in data if "**(" in d["skeleton"] and "C**" not in d["skeleton"]]
+    assert len(pw) >= 2  # binary pow shows up in kept equations
+    for d in data:
+        program.compile_skeleton(d["skeleton"])  # every kept skeleton runs in the interpreter
+    X = np.random.default_rng(0).uniform(0.5, 3, size=(30, 1))
+    y = (1.5 * X[:, 0] + 0.5) ** (0.3 * X[:, 0])
+    r = fit.fit_constants("(C*x1+C)**(C*x1)", X, y)
+    assert r.success and r.mse_n < 1e-9
+    np.testing.assert_allclose(np.abs(r.constants), [1.5, 0.5, 0.3], rtol=1e-3)

@@ -1,4 +1,4 @@
-"""Constant fitting. Every fit here uses 30 points, <= 8 skeletons, <= 8 leaves and <= 8
+"""Constant fitting. Every fit here uses 30 points, <= 8 skeletons, <= 16 leaves and <= 16
 operations per program, so all tests share one compiled program per backend."""
 
 import jax
@@ -73,7 +73,35 @@ def test_no_recompile_for_new_skeletons_and_bad_data():
     with pytest.raises(ValueError, match="y contains NaN"):
         fit.fit_constants("C*x1", X1, np.where(Y1 > 0, np.nan, Y1))
     with pytest.raises(ValueError, match="backend must be one of"):
-        fit.FitConfig(backend="scipy")
+        fit.FitConfig(backend="lbfgsb")
+    with pytest.raises(ValueError, match="scaling must be one of"):
+        fit.FitConfig(scaling="minmax")
+    with pytest.raises(ValueError, match="objective must be one of"):
+        fit.FitConfig(objective="mae")
+
+
+def test_default_backend_is_bfgs_everywhere():
+    import inspect
+
+    from symreg.regressor import SymbolicGPTRegressor
+
+    assert fit.FitConfig().backend == "bfgs"
+    assert "backend" not in inspect.signature(fit.fit_constants).parameters  # no second default to drift
+    assert SymbolicGPTRegressor(candidate_source="generator")._fit_config().backend == "bfgs"
+
+
+def test_thesis_protocol_is_one_scipy_start_from_ones():
+    cfg = fit.FitConfig.thesis()
+    assert (cfg.n_starts, cfg.backend, cfg.scaling, cfg.objective) == (1, "scipy", "off", "mse")
+    y = 0.5 * X1[:, 0] ** 2 - 2.0 * X1[:, 0] + 0.3
+    r = fit.fit_constants("C*x1**2+C*x1+C", X1, y, cfg=cfg)
+    assert r.success and r.mse_n < 1e-9
+    np.testing.assert_allclose(r.constants, [0.5, -2.0, 0.3], atol=1e-4)
+    # one start from ones: the periodic problem stays in the local minimum near 1 (as in the thesis)
+    s = fit.fit_constants("C*sin(C*x1)+C", X1, Y1, cfg=cfg)
+    assert not _close_up_to_sign(s.constants)
+    jx = fit.fit_constants("C*x1**2+C*x1+C", X1, y, cfg=fit.FitConfig.thesis(backend="bfgs"))
+    np.testing.assert_allclose(jx.constants, [0.5, -2.0, 0.3], atol=1e-3)
 
 
 def test_program_matches_numpy():

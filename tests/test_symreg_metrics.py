@@ -34,3 +34,26 @@ def test_symbolic_recovery():
     assert metrics.symbolic_recovery("2*x1**2", "x1**2")  # ratio is a constant
     assert not metrics.symbolic_recovery(1.3 * sympy.sin(2.7 * x1) + 0.5, truth)
     assert not metrics.symbolic_recovery("x1**3", "x1**2")
+
+
+@pytest.mark.parametrize(
+    "fitted, truth",
+    [
+        ("log(x1+1.0)", "log(x1+1)"),  # float vs integer constant
+        ("x1**2.0*0.5", "x1**2/2"),
+        ("sin(x1)*cos(x1)", "sin(2*x1)/2"),  # trigonometric identity
+        ("exp(x1+0.69314718)", "2*exp(x1)"),  # e^(ln 2) = 2 up to rounding, ratio constant
+        ("(x1+1)**2", "x1**2+2*x1+3"),  # differ by a constant
+        ("3.0001*x1*x2", "x1*x2"),  # ratio constant
+        ("1.0/(1.0+exp(-x1))", "exp(x1)/(exp(x1)+1)"),
+    ],
+)
+def test_symbolic_recovery_equivalent_forms(fitted, truth):
+    assert metrics.symbolic_recovery(fitted, truth)
+
+
+@pytest.mark.parametrize(
+    "fitted, truth", [("log(x1+2.0)", "log(x1+1)"), ("x1*x2", "x1+x2"), ("0", "x1"), ("sqrt(x1)", "x1**0.501")]
+)
+def test_symbolic_recovery_rejects_different_forms(fitted, truth):
+    assert not metrics.symbolic_recovery(fitted, truth)

@@ -25,18 +25,25 @@ def test_fit_predict_score_and_candidates():
 
 def test_rejects_bad_input():
     reg = SymbolicGPTRegressor(candidate_source=SOURCE)
-    with pytest.raises(ValueError, match="different lengths: 30 != 29"):
+    with pytest.raises(ValueError, match=r"inconsistent numbers of samples: \[30, 29\]"):
         reg.fit(X, Y[:-1])
-    with pytest.raises(ValueError, match="X contains NaN or inf"):
+    with pytest.raises(ValueError, match="Input X contains infinity"):
         reg.fit(np.where(X > 2, np.inf, X), Y)
-    with pytest.raises(ValueError, match="y contains NaN or inf"):
+    with pytest.raises(ValueError, match="Input y contains NaN"):
         reg.fit(X, np.where(Y > 1, np.nan, Y))
     with pytest.raises(ValueError, match="10 variables, more than the 9 supported"):
         reg.fit(np.zeros((5, 10)), np.zeros(5))
-    with pytest.raises(ValueError, match="empty data"):
+    with pytest.raises(ValueError, match="0 sample"):
         reg.fit(np.zeros((0, 1)), np.zeros(0))
     with pytest.raises(ValueError, match="not fitted"):
         reg.predict(X)
+    with pytest.raises(ValueError, match="n_candidates must be an int >= 1, got 0"):
+        SymbolicGPTRegressor(candidate_source=SOURCE, n_candidates=0).fit(X, Y)
+    # no trained model and no explicit opt-in: no silent random search
+    with pytest.raises(ValueError, match="no candidate_source.*from_pretrained.*'generator'"):
+        SymbolicGPTRegressor().fit(X, Y)
+    with pytest.raises(ValueError, match="candidate_source must be 'generator'.*got 'random'"):
+        SymbolicGPTRegressor(candidate_source="random").fit(X, Y)
 
 
 def test_generator_source():
