@@ -1,36 +1,66 @@
-"""SymbolicGPT vs gplearn, an MLP and pyoperon (thesis ch. 2: Fig. 2.2, 2.3b, 2.3c, Table 2.1).
+"""SymbolicGPT vs gplearn, an MLP and pyoperon, every setting of thesis ch. 2 (Fig. 2.2, 2.3b,
+2.3c, Table 2.1), the thesis' inference protocol beside ours, and C-SymbolicGPT (appendix A, Fig. A.3).
 
-Run (the whole offline 1-variable pipeline: generate, train, evaluate, figures)::
+Run::
 
-    python -m experiments.symbolicgpt                          # default, --workdir runs/symbolicgpt
-    python -m experiments.symbolicgpt --quick --workdir /tmp/sg   # smoke test, ~2-3 minutes
-    python -m experiments.symbolicgpt train --setting 2var --workdir runs/sg2 --preset thesis \\
-        --n-train 500000 --steps 100000 --batch-size 128
-    python -m experiments.symbolicgpt evaluate --setting 2var --workdir runs/sg2 --n-test 1000
+    python -m experiments.symbolicgpt                       # default: 1var and 3var, both protocols
+    python -m experiments.symbolicgpt --quick --setting 1var --workdir /tmp/sg   # smoke test
+    python -m experiments.symbolicgpt --setting 2var,general,general2 --workdir runs/symbolicgpt
+    python -m experiments.symbolicgpt --setting 1var --conditional    # + C-SymbolicGPT (Fig. A.3)
+    python -m experiments.symbolicgpt evaluate --setting 1var --workdir runs/sg-bar \
+        --model-from runs/symbolicgpt --fit-points 60 --test-points 200 --n-test 30 \
+        --methods symbolicgpt,operon --protocol ours --operon-generations 1000 --benchmarks "" \
+        --sweep-problems 0                                     # the bar: SymbolicGPT vs Operon
+    python -m experiments.symbolicgpt train --setting 2var --preset thesis --n-train 500000 \
+        --steps 100000 --batch-size 128 --max-points 500       # thesis sizes (accelerator)
 
-Expected runtime: measured about 14 minutes on a 2-core CPU (65 s data, 234 s training of
-the ``cpu`` preset, 549 s evaluation of 30 test problems plus the 1-variable Nguyen / Feynman
-equations against the three baselines, and the sweeps). Measured summary (1var, 30 problems):
-fraction with log10 MSE_N < -5: symbolicgpt 0.50, operon 0.37, gplearn 0.10, mlp 0.00; median
-seconds per problem: symbolicgpt 0.37, gplearn 3.6, operon 8.7, mlp 0.04. The thesis
-sizes (``--preset thesis``, 1000 test problems per setting) need an accelerator, where
-training is about an hour and evaluation is dominated by the CPU baselines (gplearn
-seconds per problem).
+Settings (``--setting``, comma-separated; each in ``WORKDIR/<setting>``): ``1var``, ``2var``,
+``3var`` (30 / 200 / 500 points), ``general`` (1..9 variables, U{20..250} points) and
+``general2`` (the general model on the skeletons of the 12 Nguyen and the AI-Feynman
+equations with training-like constants and points, see ``symbolicgpt_data``). Fig. 2.2's
+four panels (1var, 2var, 3var, general) are drawn from every setting run in the workdir.
 
-Protocol. Every generated test equation gets ``fit`` points in the training range
-[-3, 3]^d and held-out points in ([-5,-3] U [3,5])^d (the generator's test split); Nguyen
+Protocols (``--protocol ours,thesis``): *ours* samples ``--n-samples`` skeletons (top-k,
+k=40), fits each with ``--n-starts``-start BFGS on the scale-robust objective and keeps the
+best on the fit points; *thesis* takes one top-k sample and fits it with SciPy BFGS from
+all-ones constants, one start, plain MSE, no normalisation (``FitConfig.thesis()``). Both are
+in the records and ``results.json`` (methods ``symbolicgpt`` and ``symbolicgpt-thesis``).
+The thesis' cumulative MSE_N plots use the natural log (the authors' plotting code); ours
+use log10: every axis and table says which (``*_ln.png`` / ``frac_below_ln``: natural log).
+
+Protocol of a problem. Generated test equations get fit points in the training range
+[-3, 3]^d (as many as the test instance has, or ``--fit-points``) and held-out points in
+([-5,-3] U [3,5])^d (the generator's test split, or ``--test-points`` fresh ones); Nguyen
 and Feynman use independent train / test draws from their ranges. Each method sees only
-the fit points; SymbolicGPT samples ``--n-samples`` skeletons (top-k, k=40), fits all their
-constants with the batched BFGS, and keeps the best by MSE_N on the fit points. Errors are
-log10 MSE_N on the held-out points; times are wall seconds of ``fit`` per problem.
+the fit points. Errors are MSE_N on the held-out points; times are wall seconds of ``fit``.
 
-Output in ``--workdir``: ``results.json`` ``{test_set: {method: {"frac_below": {"-10": f,
-"-5": f, "-2": f}, "median_seconds": s, "n": count}}}``; ``records.jsonl`` (one line per
-problem and method: error, seconds, true and predicted equation); ``cumulative_error.png``
-(Fig. 2.2), ``time_per_problem.png``, ``performance_over_time.png`` (Fig. 2.3c),
-``error_vs_points.png`` (Fig. 2.3b), ``equations.md`` / ``equations.png`` (Table 2.1),
-``details.json`` (sweeps and settings), the trained model in ``model/`` and training
-metrics in ``train/metrics.jsonl``. A summary table is printed at the end.
+Expected runtime: not measured end to end. On this 2-core machine, busy with other jobs (load
+average 17-21), the default's 1var part took 311 s of data generation and 1437 s of
+training wall time (204 CPU-seconds for both), the 3var data 413 s, and the evaluation ran
+about 10-15x slower than quiet (gplearn 40-60 s per problem against 3.6 s quiet), so the
+evaluation was cut short. From the previous quiet measurement of the 1var pipeline (65 s
+data, 234 s training, ~6 s of all methods per problem with Operon at 200 generations) and
+3var training about 3x a 1var step, the default (1var + 3var, 20 problems + the Nguyen
+equations each) is estimated at about 30 minutes quiet, above the 20-minute target; the
+knobs are ``--n-test``, ``--max-points``, ``--sweep-problems`` and the baselines' budgets.
+Measured (1var, the bar's protocol, the command above with ``--n-test 20 --protocol
+ours,thesis --conditional``): 20
+generated problems fit on 60 points and scored on 200 fresh held-out ones, fraction under
+log10 MSE_N -5 (median seconds per problem, busy machine): symbolicgpt 0.45 (1.26 s),
+symbolicgpt-thesis 0.10 (0.02 s; one sample, invalid for about half the hard problems),
+operon at 1000 generations 0.40 (25.2 s), c-symbolicgpt with the true node controls 0.50
+(1.08 s), with the neutral control 0.45 (1.10 s); 705 s wall for the whole evaluation.
+
+Output in ``--workdir``: ``results.json`` ``{setting: {test_set: {method: {"frac_below":
+{"-10", "-5", "-2"} (log10 MSE_N), "frac_below_ln": {...} (natural log), "median_seconds",
+"n"}}}, "log_base": ...}``; ``fig2_2.png`` / ``fig2_2_ln.png`` (Fig. 2.2, four panels); per
+setting in ``WORKDIR/<setting>/``: ``records.jsonl`` (one line per problem and method: both
+errors, seconds, true and predicted equation), ``results.json``, ``cumulative_error.png`` and
+``cumulative_error_ln.png``, ``time_per_problem.png``, ``performance_over_time.png`` (Fig.
+2.3c), ``error_vs_points.png`` (Fig. 2.3b), ``conditional.png`` (Fig. A.3, with
+``--conditional``), ``equations.md`` / ``equations.png`` (Table 2.1), ``details.json``; the
+models in ``WORKDIR/<setting>/model`` (``c-model``: C-SymbolicGPT) with training metrics in
+``train/metrics.jsonl``. A summary table per setting is printed.
 """
 
 from __future__ import annotations
@@ -41,81 +71,137 @@ import json
 import os
 import time
 
-import numpy as np
-
 from experiments import flags, symbolicgpt_report
 from experiments.symbolicgpt_data import (  # noqa: F401 - re-exported
     SETTINGS,
     _ensure_dataset,
     _eval_on,
     benchmark_test_set,
+    general2_test_set,
     generated_test_set,
+    model_dir,
+    train_setting,
 )
+from experiments.symbolicgpt_eval import METHODS, THRESHOLDS, evaluate, make_method, run_one, summarize  # noqa: F401
 from experiments.symbolicgpt_report import print_summary, write_figures  # noqa: F401 - re-exported
 
-METHODS = ("symbolicgpt", "gplearn", "mlp", "operon")
-THRESHOLDS = (-10, -5, -2)
+PROTOCOLS = ("ours", "thesis")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Config:
-    setting: str = flags.option(
-        "1var", choices=tuple(SETTINGS), help="variables per equation: 1var, 2var, 3var, or general (1 to 9 variables)"
+    setting: tuple[str, ...] = flags.option(
+        ("1var", "3var"),
+        choices=tuple(SETTINGS),
+        help="comma-separated settings, each trained (general2 uses general's model) and evaluated in "
+        "WORKDIR/<setting>: 1var, 2var, 3var, general (1 to 9 variables), general2 (benchmark skeletons)",
+    )
+    protocol: tuple[str, ...] = flags.option(
+        PROTOCOLS,
+        choices=PROTOCOLS,
+        help="SymbolicGPT inference protocols: ours (best of --n-samples samples, --n-starts-start BFGS, "
+        "scale-robust objective) and thesis (one sample, SciPy BFGS from all-ones, one start, plain MSE)",
     )
     workdir: str = flags.option(
-        "runs/symbolicgpt", help="directory for the generated data, the trained model, records, results and figures"
+        "runs/symbolicgpt", help="directory for the generated data, the trained models, records, results and figures"
+    )
+    model_from: str | None = flags.option(
+        None, help="evaluate the models trained in this other workdir (none: train / use this --workdir's)"
     )
     # data and model
     n_train: int = flags.option(10000, help="generated training equations")
     preset: str = flags.option("cpu", help="model size preset of symreg.model (tiny, cpu, small, thesis)")
     max_len: int = flags.option(48, help="longest skeleton in tokens; longer training equations are dropped")
+    max_points: int = flags.option(
+        128,
+        help="points per problem the model reads (training: the first N of each instance, inference: a random N; "
+        "constants are fitted on all); the thesis' 3var instances have 500",
+    )
     # training (AdamW, warmup + cosine)
     steps: int = flags.option(600, help="training steps (AdamW, warmup + cosine decay)")
     batch_size: int = flags.option(64, help="training batch size")
     learning_rate: float = flags.option(2e-3, help="peak learning rate")
     warmup_steps: int = flags.option(40, help="linear warmup steps")
     weight_decay: float = flags.option(0.01, help="AdamW weight decay")
+    conditional: bool = flags.option(
+        False, help="also train C-SymbolicGPT (node-control layers, appendix A) on the same data and compare (Fig A.3)"
+    )
     # evaluation
-    n_test: int = flags.option(30, help="generated test problems (the thesis uses 1000)")
-    n_samples: int = flags.option(50, help="skeletons SymbolicGPT samples per problem; the best fit is kept")
+    n_test: int = flags.option(20, help="generated test problems per setting (the thesis uses 1000)")
+    fit_points: int | None = flags.option(
+        None, help="points each method fits on (none: the test instance's count, 30 / 200 / 500 / U{20..250})"
+    )
+    test_points: int | None = flags.option(
+        None, help="fresh held-out points per problem, |x| in [3, 5] (none: the test split's own points)"
+    )
+    n_samples: int = flags.option(50, help="skeletons SymbolicGPT samples per problem (protocol ours); best fit kept")
     sampling: str = flags.option("top_k", help="how skeletons are sampled: top_k, top_p or greedy")
     top_k: int = flags.option(40, help="k of top-k sampling")
     top_p: float = flags.option(0.9, help="p of nucleus (top-p) sampling")
-    n_starts: int = flags.option(8, help="BFGS restarts per candidate skeleton when fitting its constants")
+    n_starts: int = flags.option(8, help="BFGS restarts per candidate skeleton (protocol ours)")
     methods: tuple[str, ...] = flags.option(METHODS, choices=METHODS, help="comma-separated methods to evaluate")
     benchmarks: tuple[str, ...] = flags.option(
-        ("nguyen", "feynman"),
+        ("nguyen",),
         choices=("nguyen", "feynman"),
-        help="comma-separated benchmark equation families evaluated besides the generated test set",
+        help="comma-separated benchmark families evaluated besides the generated test set (empty: none)",
     )
     gplearn_population: int = flags.option(1000, help="gplearn baseline: population size")
     gplearn_generations: int = flags.option(10, help="gplearn baseline: generations")
-    operon_generations: int = flags.option(1000, help="pyoperon baseline: generations")
+    operon_generations: int = flags.option(
+        200, help="pyoperon baseline: generations (200 keeps the default run in budget; the bar uses 1000)"
+    )
     operon_population: int = flags.option(1000, help="pyoperon baseline: population size")
     sweep_problems: int = flags.option(
-        15, help="problems used for the samples and points sweeps of Figs. 2.3b / 2.3c (0: skip them)"
+        10, help="problems used for the samples and points sweeps of Figs. 2.3b / 2.3c (0: skip them)"
     )
     seed: int = flags.option(0, help="seed of data generation, training, sampling and the baselines")
     workers: int = flags.option(2, help="processes generating data (for 2000 equations or more)")
     progress: bool = flags.option(True, help="show progress bars")
 
     def __post_init__(self):
-        if self.setting not in SETTINGS:
-            raise ValueError(f"setting must be one of {sorted(SETTINGS)}, got {self.setting!r}")
+        if isinstance(self.setting, str):  # Config(setting="1var") is one setting
+            object.__setattr__(self, "setting", (self.setting,))
+        bad = [s for s in self.setting if s not in SETTINGS]
+        if bad or not self.setting:
+            raise ValueError(f"setting must be a non-empty subset of {tuple(SETTINGS)}, got {self.setting!r}")
+        bad = [p for p in self.protocol if p not in PROTOCOLS]
+        if bad or not self.protocol:
+            raise ValueError(f"protocol must be a non-empty subset of {PROTOCOLS}, got {self.protocol!r}")
         unknown = set(self.methods) - set(METHODS)
         if unknown:
             raise ValueError(f"methods must be a subset of {METHODS}, got unknown {sorted(unknown)}")
         unknown = set(self.benchmarks) - {"nguyen", "feynman"}
         if unknown:
             raise ValueError(f"benchmarks must be a subset of ('nguyen', 'feynman'), got {sorted(unknown)}")
-        for name in ("n_train", "steps", "batch_size", "n_test", "n_samples", "max_len"):
+        for name in ("n_train", "steps", "batch_size", "n_test", "n_samples", "max_len", "n_starts", "max_points"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("fit_points", "test_points"):
+            if getattr(self, name) is not None and getattr(self, name) < 2:
+                raise ValueError(f"{name} must be >= 2 or none, got {getattr(self, name)}")
+
+    @property
+    def current(self) -> str:
+        """The one setting of a per-setting config (see :func:`for_setting`)."""
+        if len(self.setting) != 1:
+            raise ValueError(f"this config holds several settings {self.setting}; use for_setting(cfg, s)")
+        return self.setting[0]
 
     @property
     def max_vars(self) -> int:
-        v = SETTINGS[self.setting]
+        v = SETTINGS[self.current]
         return v if isinstance(v, int) else v[1]
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def for_setting(cfg: Config, setting: str) -> Config:
+    """The config of one setting, working in ``WORKDIR/<setting>``."""
+    model_from = cfg.model_from and os.path.abspath(cfg.model_from)
+    return dataclasses.replace(
+        cfg, setting=(setting,), workdir=os.path.join(cfg.workdir, setting), model_from=model_from
+    )
 
 
 QUICK = {
@@ -136,29 +222,11 @@ QUICK = {
 # ----------------------------------------------------------------------------- train
 
 
-def train_model(cfg: Config):
+def _train_config(cfg: Config, name: str):
     from sortedjax.train import TrainConfig
-    from symreg.model import ModelConfig, load_pretrained, save_pretrained
-    from symreg.tokenizer import SkeletonTokenizer
-    from symreg.train import make_arrays, train_symbolicgpt
 
-    model_dir = os.path.join(cfg.workdir, "model")
-    retrain = False  # a finished model of another length is trained again from scratch
-    if os.path.exists(os.path.join(model_dir, "config.json")):
-        model, saved = load_pretrained(model_dir)
-        if saved.get("steps") == cfg.steps:
-            print(f"using the trained model in {model_dir}")
-            return model
-        print(f"the model in {model_dir} was trained {saved.get('steps')} steps, not {cfg.steps}: training again")
-        retrain = True
-    tok = SkeletonTokenizer()
-    t0 = time.time()
-    instances = _ensure_dataset(cfg, "train", cfg.n_train, cfg.seed)
-    arrays, kept = make_arrays(instances, tok, max_len=cfg.max_len, max_vars=cfg.max_vars)
-    print(f"data: {len(kept)} of {len(instances)} train equations fit max_len={cfg.max_len} ({time.time() - t0:.0f}s)")
-    mcfg = ModelConfig.preset(cfg.preset, vocab_size=tok.vocab_size, max_len=cfg.max_len, max_vars=cfg.max_vars)
-    tcfg = TrainConfig(
-        workdir=os.path.join(cfg.workdir, "train"),
+    return TrainConfig(
+        workdir=os.path.join(os.path.dirname(model_dir(cfg)), name),
         steps=cfg.steps,
         learning_rate=cfg.learning_rate,
         schedule="warmup_cosine",
@@ -170,20 +238,54 @@ def train_model(cfg: Config):
         log_every=10,
         seed=cfg.seed,
         progress=cfg.progress,
-        desc="train symbolicgpt",
+        desc=f"train {name} {train_setting(cfg.current)}",
     )
+
+
+def train_model(cfg: Config, conditional: bool = False):
+    """The setting's SymbolicGPT (``conditional``: C-SymbolicGPT), trained unless a model of
+    ``cfg.steps`` steps is already in its model directory."""
+    from symreg.model import ModelConfig, load_pretrained, save_pretrained
+    from symreg.tokenizer import SkeletonTokenizer
+    from symreg.train import make_arrays, train_symbolicgpt
+
+    path = model_dir(cfg, conditional)
+    retrain = False  # a finished model of another length is trained again from scratch
+    if os.path.exists(os.path.join(path, "config.json")):
+        model, saved = load_pretrained(path)
+        if saved.get("steps") == cfg.steps:
+            print(f"using the trained model in {path}")
+            return model
+        print(f"the model in {path} was trained {saved.get('steps')} steps, not {cfg.steps}: training again")
+        retrain = True
+    tok = SkeletonTokenizer()
     t0 = time.time()
-    result = train_symbolicgpt(mcfg, arrays, tcfg, batch_size=cfg.batch_size, restart=retrain)
+    instances = _ensure_dataset(cfg, "train", cfg.n_train, cfg.seed)
+    n_points = min(cfg.max_points, max(len(i["y"]) for i in instances))
+    arrays, kept = make_arrays(instances, tok, max_len=cfg.max_len, max_vars=cfg.max_vars, n_points=n_points)
+    print(f"data: {len(kept)} of {len(instances)} train equations fit max_len={cfg.max_len} ({time.time() - t0:.0f}s)")
+    mcfg = ModelConfig.preset(cfg.preset, vocab_size=tok.vocab_size, max_len=cfg.max_len, max_vars=cfg.max_vars)
+    t0 = time.time()
+    if conditional:
+        from symreg.conditional import add_controls, train_conditional
+
+        arrays = add_controls(arrays, [instances[i]["skeleton"] for i in kept])
+        tcfg = _train_config(cfg, "c-train")
+        result = train_conditional(mcfg, arrays, tcfg, batch_size=cfg.batch_size, restart=retrain)
+    else:
+        result = train_symbolicgpt(
+            mcfg, arrays, _train_config(cfg, "train"), batch_size=cfg.batch_size, restart=retrain
+        )
     last = result.history[-1] if result.history else {}
     print(
-        f"trained {result.step} steps in {time.time() - t0:.0f}s: "
+        f"trained {'C-SymbolicGPT' if conditional else 'SymbolicGPT'} {result.step} steps in {time.time() - t0:.0f}s: "
         + ", ".join(f"{k}={v:.3g}" for k, v in last.items() if k != "step")
     )
     save_pretrained(
         result.model,
-        model_dir,
+        path,
         extra={
-            "setting": cfg.setting,
+            "setting": train_setting(cfg.current),
             "steps": cfg.steps,
             "tokenizer": "SkeletonTokenizer",
             "sampling": {"method": cfg.sampling, "top_k": cfg.top_k, "top_p": cfg.top_p},
@@ -191,148 +293,6 @@ def train_model(cfg: Config):
         },
     )
     return result.model
-
-
-# ----------------------------------------------------------------------------- methods
-
-
-def make_method(name: str, cfg: Config, model=None, n_samples: int | None = None):
-    """A fresh regressor with ``fit(X, y)``, ``predict(X)`` and ``expression_``."""
-    if name == "symbolicgpt":
-        from symreg.decoding import NeuralCandidateSource, SamplingConfig
-        from symreg.regressor import SymbolicGPTRegressor
-        from symreg.tokenizer import SkeletonTokenizer
-
-        sampling = SamplingConfig(method=cfg.sampling, top_k=cfg.top_k, top_p=cfg.top_p)
-        source = NeuralCandidateSource(
-            model, SkeletonTokenizer(), n_samples=n_samples or cfg.n_samples, sampling=sampling, seed=cfg.seed
-        )
-        return SymbolicGPTRegressor(
-            candidate_source=source, n_candidates=n_samples or cfg.n_samples, n_starts=cfg.n_starts, seed=cfg.seed
-        )
-    from symreg import baselines
-
-    if name == "gplearn":
-        return baselines.GPLearnBaseline(
-            population_size=cfg.gplearn_population, generations=cfg.gplearn_generations, random_state=cfg.seed
-        )
-    if name == "mlp":
-        return baselines.MLPBaseline(random_state=cfg.seed)
-    return baselines.OperonBaseline(
-        generations=cfg.operon_generations, population_size=cfg.operon_population, random_state=cfg.seed
-    )
-
-
-def run_one(method, problem: dict) -> dict:
-    from symreg.metrics import log10_mse_n
-
-    t0 = time.perf_counter()
-    try:
-        method.fit(problem["X"], problem["y"])
-        seconds = time.perf_counter() - t0
-        err = log10_mse_n(problem["y_test"], method.predict(problem["X_test"]))
-        pred = str(getattr(method, "expression_", ""))
-    except Exception as e:  # a failed fit counts as an infinite error, and is recorded
-        seconds, err, pred = time.perf_counter() - t0, float("inf"), f"error: {type(e).__name__}: {e}"[:200]
-    return {"log10_mse_n": err, "seconds": seconds, "predicted": pred}
-
-
-# ----------------------------------------------------------------------------- evaluate
-
-
-def summarize(records: list[dict]) -> dict:
-    """``{test_set: {method: {"frac_below": {...}, "median_seconds": s, "n": count}}}``."""
-    out: dict = {}
-    for r in records:
-        out.setdefault(r["test_set"], {}).setdefault(r["method"], []).append(r)
-    for by_method in out.values():
-        for m, rows in by_method.items():
-            err = np.array([r["log10_mse_n"] for r in rows], float)
-            by_method[m] = {
-                "frac_below": {str(t): float(np.mean(err < t)) for t in THRESHOLDS},
-                "median_seconds": float(np.median([r["seconds"] for r in rows])),
-                "n": len(rows),
-            }
-    return out
-
-
-def _sweeps(cfg: Config, model, problems: list[dict]) -> dict:
-    """Fig. 2.3c (error vs time as the number of samples grows) and 2.3b (error vs points)."""
-    from symreg.metrics import log10_mse_n
-
-    probs = problems[: cfg.sweep_problems]
-    sweeps: dict = {"samples": [], "points": []}
-    if not probs:
-        return sweeps
-    for n in sorted({1, 4, 16, cfg.n_samples}):
-        rows = [run_one(make_method("symbolicgpt", cfg, model, n_samples=n), p) for p in probs]
-        err = np.array([r["log10_mse_n"] for r in rows])
-        sweeps["samples"].append(
-            {
-                "n_samples": n,
-                "median_seconds": float(np.median([r["seconds"] for r in rows])),
-                "frac_below_-5": float(np.mean(err < -5)),
-            }
-        )
-    rng = np.random.default_rng(cfg.seed)
-    for n_pts in (5, 10, 20, len(probs[0]["y"])):
-        errs = []
-        for p in probs:
-            idx = rng.choice(len(p["y"]), min(n_pts, len(p["y"])), replace=False)
-            sub = {**p, "X": p["X"][idx], "y": p["y"][idx]}
-            errs.append(run_one(make_method("symbolicgpt", cfg, model), sub)["log10_mse_n"])
-        errs = np.array(errs)
-        sweeps["points"].append(
-            {
-                "n_points": n_pts,
-                "median_log10_mse_n": float(np.median(errs)),
-                "frac_below_-5": float(np.mean(errs < -5)),
-            }
-        )
-    del log10_mse_n
-    return sweeps
-
-
-def evaluate(cfg: Config, model=None) -> dict:
-    from tqdm.auto import tqdm
-
-    if model is None and "symbolicgpt" in cfg.methods:
-        from symreg.model import load_pretrained
-
-        model, _ = load_pretrained(os.path.join(cfg.workdir, "model"))
-    test_sets = {cfg.setting: generated_test_set(cfg, cfg.n_test)}
-    for family in cfg.benchmarks:
-        test_sets[family] = benchmark_test_set(cfg, family)
-    print(
-        "evaluating on "
-        + ", ".join(f"{k}: {len(v)} problems" for k, v in test_sets.items())
-        + f" (max_vars={cfg.max_vars}); methods: {', '.join(cfg.methods)}"
-    )
-    records = []
-    rec_path = os.path.join(cfg.workdir, "records.jsonl")
-    with open(rec_path, "w") as f:
-        for ts, problems in test_sets.items():
-            for p in tqdm(problems, desc=f"eval {ts}", disable=not cfg.progress):
-                for m in cfg.methods:
-                    r = {
-                        "test_set": ts,
-                        "method": m,
-                        "problem": p["name"],
-                        "true": p["expr"],
-                        **run_one(make_method(m, cfg, model), p),
-                    }
-                    records.append(r)
-                    f.write(json.dumps(r) + "\n")
-                    f.flush()
-    results = summarize(records)
-    with open(os.path.join(cfg.workdir, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    sweeps = _sweeps(cfg, model, test_sets[cfg.setting]) if "symbolicgpt" in cfg.methods else {}
-    with open(os.path.join(cfg.workdir, "details.json"), "w") as f:
-        json.dump({"config": dataclasses.asdict(cfg), "sweeps": sweeps}, f, indent=1)
-    symbolicgpt_report.write_figures(cfg, records, results, sweeps)
-    symbolicgpt_report.print_summary(cfg, results)
-    return results
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -372,14 +332,28 @@ def main(argv=None) -> None:
     os.makedirs(cfg.workdir, exist_ok=True)
     t0 = time.time()
     print(
-        f"symbolicgpt {command}: setting={cfg.setting} preset={cfg.preset} n_train={cfg.n_train} "
-        f"steps={cfg.steps} n_test={cfg.n_test} (fewer eval problems than the thesis' 1000 for the CPU budget) "
-        f"n_samples={cfg.n_samples} workdir={cfg.workdir}"
+        f"symbolicgpt {command}: settings={','.join(cfg.setting)} protocols={','.join(cfg.protocol)} "
+        f"preset={cfg.preset} n_train={cfg.n_train} steps={cfg.steps} n_test={cfg.n_test} (fewer eval problems "
+        f"than the thesis' 1000 for the CPU budget) n_samples={cfg.n_samples} workdir={cfg.workdir}"
     )
-    model = train_model(cfg) if command in ("all", "train") else None
-    if command in ("all", "evaluate"):
-        evaluate(cfg, model)
-    print(f"total wall time {time.time() - t0:.0f}s")
+    results, timings = {}, {}
+    for s in cfg.setting:
+        one, ts = for_setting(cfg, s), time.time()
+        model = c_model = None
+        if command in ("all", "train"):
+            model = train_model(one) if "symbolicgpt" in cfg.methods else None
+            c_model = train_model(one, conditional=True) if cfg.conditional else None
+        if command in ("all", "evaluate"):
+            results[s] = evaluate(one, model, c_model)
+        timings[s] = time.time() - ts
+        print(f"setting {s}: {timings[s]:.0f}s")
+    if results:
+        path = os.path.join(cfg.workdir, "results.json")
+        old = json.load(open(path)) if os.path.exists(path) else {}
+        with open(path, "w") as f:  # settings run earlier in this workdir are kept
+            json.dump({**old, **results, "log_base": {"frac_below": "10", "frac_below_ln": "e"}}, f, indent=1)
+        symbolicgpt_report.figure_2_2(cfg.workdir)
+    print(f"total wall time {time.time() - t0:.0f}s (" + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()) + ")")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,15 @@ or None for the black-box MLP) and ``fit_seconds_`` (wall time of the last fit).
 * ``MLPBaseline``: scikit-learn ``MLPRegressor``.
 * ``OperonBaseline``: pyoperon's sklearn ``SymbolicRegressor``.
 Expensive settings are constructor arguments so tests can use tiny ones.
+
+Not included: **DSR** (deep symbolic regression, ``dso`` from
+github.com/dso-org/deep-symbolic-optimization). It is not installable from the package
+registry here: ``pip download deep-symbolic-optimization`` finds no distribution (the project
+publishes none; its ``setup.py`` names the package ``dso``, and the PyPI ``dso`` is an
+unrelated "Python bindings for the DSO datastore", 0.0.5). Installing from GitHub is not
+possible offline, and DSO's ``dso/setup.py`` pins ``tensorflow==1.14``, ``numpy<=1.19`` and
+``numba==0.53.1``, none of which installs on this Python 3.11 (``pip download
+tensorflow==1.14.0`` finds no matching distribution; TensorFlow 1.14 wheels stop at Python 3.7).
 """
 
 from __future__ import annotations

@@ -55,11 +55,12 @@ class SamplingConfig:
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "n_samples", "sampling", "start_id", "end_id", "pad_id"))
-def _generate(graphdef, state, points, mask, key, *, n_samples, sampling, start_id, end_id, pad_id):
+def _generate(graphdef, state, points, mask, key, control, *, n_samples, sampling, start_id, end_id, pad_id):
     model = nnx.merge(graphdef, state)
     cfg = model.cfg
     z_BxE = model.encode(points, mask)
     z_SxE = jnp.repeat(z_BxE, n_samples, axis=0)  # S = B * n_samples, problem-major
+    extra = () if control is None else (jnp.repeat(control, n_samples, axis=0),)  # C-SymbolicGPT
     s = z_SxE.shape[0]
     tokens = jnp.full((s, cfg.max_len), pad_id, jnp.int32).at[:, 0].set(start_id)
     banned = jnp.zeros((cfg.vocab_size,), bool).at[jnp.array([pad_id, start_id])].set(True)
@@ -71,7 +72,7 @@ def _generate(graphdef, state, points, mask, key, *, n_samples, sampling, start_
     def body(carry):
         t, tokens, cache, done, key = carry
         current_Sx1 = jax.lax.dynamic_slice_in_dim(tokens, t, 1, axis=1)
-        logits, cache = model.decode(current_Sx1, z_SxE, start=t, cache=cache)
+        logits, cache = model.decode(current_Sx1, z_SxE, *extra, start=t, cache=cache)
         key, sub = jax.random.split(key)
         nxt = sample(jnp.where(banned, -jnp.inf, logits[:, 0]), sub, **sampling.sample_args())
         nxt = jnp.where(done, pad_id, nxt)
@@ -94,15 +95,24 @@ def sample_skeletons(
     start_id: int = 1,
     end_id: int = 2,
     pad_id: int = 0,
+    control_BxF=None,
 ) -> np.ndarray:
-    """Token ids ``B x n_samples x max_len`` (start token first, pad after the end token)."""
+    """Token ids ``B x n_samples x max_len`` (start token first, pad after the end token).
+
+    ``control_BxF``: the node controls of a :class:`symreg.conditional.CSymbolicGPT` (one row
+    per problem); None for the unconditional model."""
     graphdef, state = nnx.split(model)
+    if control_BxF is not None:
+        control_BxF = jnp.asarray(control_BxF, jnp.float32)
+        if control_BxF.ndim != 2 or control_BxF.shape[0] != np.shape(points_BxNxF)[0]:
+            raise ValueError(f"control must be (batch={np.shape(points_BxNxF)[0]}, F), got {control_BxF.shape}")
     out = _generate(
         graphdef,
         state,
         jnp.asarray(points_BxNxF),
         jnp.asarray(mask_BxN),
         key,
+        control_BxF,
         n_samples=n_samples,
         sampling=sampling,
         start_id=start_id,
@@ -136,6 +146,11 @@ class NeuralCandidateSource:
         self.model, self.tokenizer = model, tokenizer
         self.n_samples, self.sampling, self.max_points = n_samples, sampling, max_points
         self.check_valid = check_valid
+        self.reseed(seed)
+
+    def reseed(self, seed: int) -> None:
+        """Restart the sampling and point-subsampling streams: the same seed, the same samples
+        (``SymbolicGPTRegressor.fit`` calls it so that refitting the same data is deterministic)."""
         self._rng = np.random.default_rng(seed)
         self._key = jax.random.key(seed)
 
@@ -155,8 +170,9 @@ class NeuralCandidateSource:
         n = n_samples or config.get("n_samples", 50)
         return cls(model, SkeletonTokenizer(), n_samples=n, sampling=sampling, seed=seed, **kwargs)
 
-    def propose_many(self, problems, n: int | None = None) -> list[list[str]]:
-        """Skeletons for several ``(X, y)`` problems, decoded in one batch."""
+    def propose_many(self, problems, n: int | None = None, controls=None) -> list[list[str]]:
+        """Skeletons for several ``(X, y)`` problems, decoded in one batch (``controls``: one
+        node-control row per problem, for a C-SymbolicGPT)."""
         n = n or self.n_samples
         insts = []
         for X, y in problems:
@@ -180,6 +196,7 @@ class NeuralCandidateSource:
             start_id=tok.start_id,
             end_id=tok.end_id,
             pad_id=tok.pad_id,
+            control_BxF=controls,
         )
         out = []
         for rows in ids:
