@@ -83,7 +83,9 @@ class DyLoRAExperiment:
         (0,), help="seeds (adapter init, data order, rank draws); scores are averaged"
     )
     target_modules: tuple[str, ...] = flags.option(
-        ("query", "value"), help="modules that get adapters (Hugging Face names, or ours such as attn.q)"
+        ("attn.q", "attn.v"),
+        help="modules that get adapters: ours (attn.q, attn.v: query and value in BERT, RoBERTa and GPT-2) "
+        "or Hugging Face names (query, value; GPT-2: c_attn = q, k and v)",
     )
     ablations: bool = flags.option(True, help="also run Table 3.5 (frozen) and Table 3.7 (geometric p_B, summation)")
     max_len: int = flags.option(32, help="tokens per NLU example (nlg training sequences: 64)")

@@ -49,7 +49,10 @@ class DyLoRAConfig:
     p: float = 0.15  # the geometric distribution's parameter
     objective: str = "stochastic"  # or "summation": the loss of every rank, summed (Table 3.7)
     frozen: bool = False
-    target_modules: tuple[str, ...] = ("query", "value")
+    target_modules: tuple[str, ...] = (
+        "attn.q",
+        "attn.v",
+    )  # query and value of BERT, RoBERTa, GPT-2 (HF names work too)
     dropout: float = 0.0
     seed: int = 0
 

@@ -58,8 +58,8 @@ def test_p_b_sampling_frequencies_match_the_distribution(distribution):
 
 def test_one_rank_per_step_shared_by_every_layer_and_summation():
     model = tiny_encoder()
-    cfg = DyLoRAConfig(r_max=4, alpha=8.0)
-    assert dylora.attach(model, cfg) == ["layers.layers.attn.q", "layers.layers.attn.v"]  # "query", "value"
+    cfg = DyLoRAConfig(r_max=4, alpha=8.0, target_modules=("query", "value"))  # Hugging Face names
+    assert dylora.attach(model, cfg) == ["layers.layers.attn.q", "layers.layers.attn.v"]
     for a in lora.adapters(model).values():  # as if trained
         a.up[...] = 0.3 * jax.random.normal(jax.random.PRNGKey(1), a.up.shape)
     pool = dylora.rank_pool(model, cfg)
