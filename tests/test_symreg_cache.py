@@ -6,6 +6,7 @@ import sys
 
 import jax
 import pytest
+from jax.experimental.compilation_cache import compilation_cache
 
 from symreg import cache
 
@@ -17,6 +18,7 @@ def fresh_cache_state(monkeypatch):
     yield
     jax.config.update("jax_compilation_cache_dir", before[0])
     jax.config.update("jax_persistent_cache_min_compile_time_secs", before[1])
+    compilation_cache.reset_cache()  # JAX keeps the first directory it used until reset
 
 
 def test_env_var_turns_it_off_or_moves_it(fresh_cache_state, monkeypatch, tmp_path):
