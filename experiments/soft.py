@@ -4,7 +4,7 @@ Run (offline, 8 simulated CPU devices, FSDP)::
 
     python -m experiments.soft --mesh=8
 
-Expected runtime: under 10 minutes on a 2-core CPU from a fresh workdir (measured 4:04 wall on
+Expected runtime: under 10 minutes on a 2-core CPU from a fresh workdir (measured 2:02 wall on
 a quiet machine, 6:13 on a busy one; Table 5.2 adds about 13 s); a rerun reuses the base model
 and every finished phase. On a TPU pod with a real LLaMA-2 13B::
 
@@ -36,22 +36,22 @@ decodes the 37 held-out questions at every exit. Output of the default run (seed
     Table 5.2: decoding speed and quality (37 prompts in batches of 37, 6 new tokens, greedy, 4 drafted tokens per verification, best of 5 timed passes)
     model | mode                     | ms/token | speedup |   EM% |  vs AR | rejection | mean exit
     ----------------------------------------------------------------------------------------------
-    soft  | autoregressive           |    0.945 |   1.00x |  75.7 |  +0.00 |         - |         -
-    soft  | speculative, draft 2     |    1.261 |   0.75x |  75.7 |  +0.00 |      0.09 |         -
-    soft  | speculative, draft 3     |    1.291 |   0.73x |  75.7 |  +0.00 |      0.14 |         -
-    soft  | speculative, draft 4     |    1.359 |   0.70x |  75.7 |  +0.00 |      0.06 |         -
-    soft  | speculative, draft 5     |    1.435 |   0.66x |  75.7 |  +0.00 |      0.06 |         -
-    soft  | speculative, draft 6     |    1.475 |   0.64x |  75.7 |  +0.00 |      0.06 |         -
-    soft  | speculative, draft 7     |    1.547 |   0.61x |  75.7 |  +0.00 |      0.05 |         -
-    soft  | dynamic                  |    0.813 |   1.16x |  75.7 |  +0.00 |         - |      5.00
-    sft   | autoregressive           |    0.902 |   1.00x |  91.9 |  +0.00 |         - |         -
-    sft   | speculative, draft 2     |    1.251 |   0.72x |  91.9 |  +0.00 |      0.87 |         -
-    sft   | speculative, draft 3     |    1.249 |   0.72x |  91.9 |  +0.00 |      0.61 |         -
-    sft   | speculative, draft 4     |    1.309 |   0.69x |  91.9 |  +0.00 |      0.47 |         -
-    sft   | speculative, draft 5     |    1.393 |   0.65x |  91.9 |  +0.00 |      0.45 |         -
-    sft   | speculative, draft 6     |    1.461 |   0.62x |  91.9 |  +0.00 |      0.25 |         -
-    sft   | speculative, draft 7     |    1.509 |   0.60x |  91.9 |  +0.00 |      0.20 |         -
-    sft   | dynamic                  |    0.882 |   1.02x |  91.9 |  +0.00 |         - |      5.99
+    soft  | autoregressive           |    1.016 |   1.00x |  75.7 |  +0.00 |         - |         -
+    soft  | speculative, draft 2     |    1.381 |   0.74x |  75.7 |  +0.00 |      0.09 |         -
+    soft  | speculative, draft 3     |    1.421 |   0.71x |  75.7 |  +0.00 |      0.14 |         -
+    soft  | speculative, draft 4     |    1.494 |   0.68x |  75.7 |  +0.00 |      0.06 |         -
+    soft  | speculative, draft 5     |    1.552 |   0.65x |  75.7 |  +0.00 |      0.06 |         -
+    soft  | speculative, draft 6     |    1.615 |   0.63x |  75.7 |  +0.00 |      0.06 |         -
+    soft  | speculative, draft 7     |    1.752 |   0.58x |  75.7 |  +0.00 |      0.05 |         -
+    soft  | dynamic                  |    0.873 |   1.16x |  75.7 |  +0.00 |         - |      5.00
+    sft   | autoregressive           |    0.928 |   1.00x |  91.9 |  +0.00 |         - |         -
+    sft   | speculative, draft 2     |    1.291 |   0.72x |  91.9 |  +0.00 |      0.87 |         -
+    sft   | speculative, draft 3     |    1.327 |   0.70x |  91.9 |  +0.00 |      0.61 |         -
+    sft   | speculative, draft 4     |    1.443 |   0.64x |  91.9 |  +0.00 |      0.47 |         -
+    sft   | speculative, draft 5     |    1.472 |   0.63x |  91.9 |  +0.00 |      0.45 |         -
+    sft   | speculative, draft 6     |    1.583 |   0.59x |  91.9 |  +0.00 |      0.25 |         -
+    sft   | speculative, draft 7     |    1.613 |   0.58x |  91.9 |  +0.00 |      0.20 |         -
+    sft   | dynamic                  |    0.888 |   1.05x |  91.9 |  +0.00 |         - |      5.99
 
 plus ``WORKDIR/results.json`` (``table_5_2``: the decoding rows above; per-exit exact match and ROUGE-L per method, pairwise scores
 (W-L)/(W+L+T) over both presentation orders, KL / cosine summaries, wall times) and PNGs:
