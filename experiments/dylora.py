@@ -49,11 +49,11 @@ then Table 3.5 (frozen: 62-67% at every rank against 100%) and Table 3.7 (geomet
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 
 from experiments import flags
+from experiments.results import run_once
 
 TARGETS = ("query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense")
 
@@ -167,19 +167,6 @@ def train_config(cfg: DyLoRAExperiment, workdir: str, seed: int, desc: str):
         seed=seed,
         desc=desc,
     )
-
-
-def run_once(run_dir: str, compute) -> dict:
-    """``compute()``'s JSON result, kept in ``run_dir/result.json`` so that a rerun reuses it."""
-    path = os.path.join(run_dir, "result.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f)
-    out = compute()
-    os.makedirs(run_dir, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(out, f, indent=1)
-    return out
 
 
 def load_nlu_data(cfg: DyLoRAExperiment, tok, seed: int):

@@ -105,7 +105,8 @@ def generate_at_rank(model, rank: int, tok, eval_records, max_new_tokens: int) -
 
 def run(cfg) -> dict:
     from experiments import dylora_report as report
-    from experiments.dylora import run_once, train_config
+    from experiments.dylora import train_config
+    from experiments.results import run_once
     from sortedjax import dylora, hf, nlg_data, text_metrics
     from sortedjax import instruct_data as idata
     from sortedjax.dylora import DyLoRAConfig

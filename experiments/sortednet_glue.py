@@ -49,6 +49,7 @@ import sys
 import numpy as np
 
 from experiments import flags
+from experiments.results import run_once
 
 OBJECTIVE_CHOICES = ("stochastic", "stochastic_summation", "summation")
 
@@ -129,19 +130,6 @@ def train_config(cfg, workdir: str, seed: int, desc: str, steps: int | None = No
         seed=seed,
         desc=desc,
     )
-
-
-def run_once(run_dir: str, compute) -> dict:
-    """``compute()``'s JSON result, kept in ``run_dir/result.json`` so that a rerun reuses it."""
-    path = os.path.join(run_dir, "result.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f)
-    out = compute()
-    os.makedirs(run_dir, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(out, f, indent=1)
-    return out
 
 
 def load_task(cfg, task: str, tok, seed: int):
