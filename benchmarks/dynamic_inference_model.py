@@ -87,6 +87,33 @@ def prompts(tok, held_out, batch: int, length: int) -> np.ndarray:
     raise ValueError(f"only {len(rows)} held-out documents have {length} tokens; {batch} asked for")
 
 
+def task_questions(tok, spec: BenchModel) -> tuple[np.ndarray, np.ndarray, list[tuple[str, ...]]]:
+    """Every question of the built-in task (its train and eval splits) in the corpus' own Q/A
+    format, ``question : <q> answer :``, left-padded: (ids, attention mask, gold answers)."""
+    task = itask.builtin_task(seed=spec.seed)
+    exs = [*task.eval, *task.train]
+    rows = [
+        [tok.bos_token_id] + tok(f"question : {e.instruction} answer :", add_special_tokens=False)["input_ids"]
+        for e in exs
+    ]
+    L = max(map(len, rows))
+    ids = np.full((len(rows), L), tok.pad_token_id, np.int32)
+    att = np.zeros((len(rows), L), np.int32)
+    for i, r in enumerate(rows):
+        ids[i, L - len(r) :], att[i, L - len(r) :] = r, 1
+    return ids, att, [tuple(e.answers) for e in exs]
+
+
+def answers(tok, out: np.ndarray) -> list[str]:
+    """The answer of each generated row: its text up to the first ``.`` (the corpus' end of answer)."""
+    stop = tok.convert_tokens_to_ids(".")
+    res = []
+    for row in np.asarray(out).tolist():
+        row = row[: row.index(stop)] if stop in row else row
+        res.append(tok.decode(row, skip_special_tokens=True).strip())
+    return res
+
+
 def load_or_train(name: str, spec: BenchModel, *, cache: str = CACHE, retrain: bool = False):
     """(model, tokenizer, held-out documents, training record): trained once per ``spec``, then cached."""
     from flax import nnx
