@@ -10,12 +10,15 @@ In one run, on the same MLP (``SortedMLP``: ``nn.Linear`` layers, ``nn.LayerStac
   the ideal is (L+1)/(2L));
 * the number of compilations of the sorted step while it trains many sub-models (must be 1).
 
-With ``--model cnn`` the same on the sorted MobileNetV2 (``nn.Conv`` / norms, depth by
-``nnx.cond`` per block, width levels): ``sampled_over_full`` (depth 2..17 and width 1..10 drawn
-per step and passed to the one compiled step as data, over the full-model step), ``shallowest_over_full`` (depth 2, full width: the work
-really skipped), ``narrowest_over_full`` (full depth, width 1/10: masks keep shapes, so width
-saves nothing on a CPU), and the compilations of the sampled step (must be 1); JSON to
-``benchmarks/results/submodel_step_cnn.json``.
+With ``--model cnn`` the same on the sorted MobileNetV2 (``nn.Conv`` / norms, width levels), for
+both ways a traced depth skips blocks (``depth_skip``: ``cond`` = ``nnx.cond`` per block, the
+work past the depth skipped; ``select`` = every block computed, ``jnp.where`` keeps output or
+shortcut) against a plain full-model step (no sub-model, static shapes): per mode
+``sampled_over_full`` (depth 2..17 and width 1..10 drawn per step and passed to the one compiled
+step as data), ``shallowest_over_full`` (depth 2), ``narrowest_over_full`` (width 1/10: masks keep
+shapes, so width saves nothing on a CPU), ``full_over_plain`` / ``sampled_over_plain`` (the price
+of the sub-model machinery) and the compilations of the sampled step (must be 1); the top-level
+keys are those of the default (``select``). JSON to ``benchmarks/results/submodel_step_cnn.json``.
 
 Timings interleave the variants round by round and take medians. The default batch (1024) is
 compute-bound, as real training steps are; at small batches the fixed per-step costs (Adam over
@@ -81,50 +84,70 @@ def cnn_main(a):
     from sortedjax.models import cnn_common as cc
     from sortedjax.models import mobilenet_v2 as mb
 
-    cfg = mb.config(a.width_mult, last=256, width_levels=10, norm="batch")
-    model = mb.MobileNetV2(cfg, rngs=nnx.Rngs(0))
-    n = model.limits["depth"]
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    tx = optax.adam(1e-3)
     rng = np.random.default_rng(0)
     batch = {
         "x": jnp.asarray(rng.normal(size=(a.batch, a.image, a.image, 3)), jnp.float32),
         "y": jnp.asarray(rng.integers(0, 10, a.batch), jnp.int32),
     }
-    sampler = Pool({"depth": Dim.range(n - 15, n), "width": Dim.range(1, 10)})
-    fixed = {"full": (n, 10), "shallowest": (n - 15, 10), "narrowest": (n, 1)}
+    tx = optax.adam(1e-3)
 
     def loss_fn(m, b, sub):  # the sub-model is data: one compiled step serves all of them
         return cc.cross_entropy(m(b["x"], sub), b["y"]), {}
 
-    step = jax.jit(make_train_step(graphdef, loss_fn, tx))
-    draw = jax.jit(sampler.sample)
-    opt = tx.init(params)
-
-    def run_sampled(i):
-        jax.block_until_ready(step(params, opt, (rest,), batch, draw(jax.random.PRNGKey(i))))
-
-    runs = {"sampled": run_sampled}
-    for name, (d, w) in fixed.items():
-        sub = SubModel.of(depth=d, width=w)
-        runs[name] = lambda i, sub=sub: jax.block_until_ready(step(params, opt, (rest,), batch, sub))
+    runs, steps = {}, {}
+    for mode in ("cond", "select"):
+        cfg = mb.config(a.width_mult, last=256, width_levels=10, norm="batch", depth_skip=mode)
+        model = mb.MobileNetV2(cfg, rngs=nnx.Rngs(0))
+        n = model.limits["depth"]
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        opt = tx.init(params)
+        step = steps[mode] = jax.jit(make_train_step(graphdef, loss_fn, tx))
+        draw = jax.jit(Pool({"depth": Dim.range(n - 15, n), "width": Dim.range(1, 10)}).sample)
+        runs[f"{mode}/sampled"] = lambda i, step=step, p=params, o=opt, r=rest, draw=draw: jax.block_until_ready(
+            step(p, o, (r,), batch, draw(jax.random.PRNGKey(i)))
+        )
+        for name, (d, w) in {"full": (n, 10), "shallowest": (n - 15, 10), "narrowest": (n, 1)}.items():
+            sub = SubModel.of(depth=jnp.int32(d), width=jnp.int32(w))
+            runs[f"{mode}/{name}"] = lambda i, step=step, p=params, o=opt, r=rest, sub=sub: jax.block_until_ready(
+                step(p, o, (r,), batch, sub)
+            )
+    plain = jax.jit(make_train_step(graphdef, lambda m, b, key: loss_fn(m, b, None), tx))
+    runs["plain"] = lambda i: jax.block_until_ready(plain(params, opt, (rest,), batch, jax.random.PRNGKey(i)))
     times = interleaved(runs, a.rounds)
     med = {k: float(np.median(v)) for k, v in times.items()}
+    auto = mb.MobileNetV2Config.depth_skip  # the default
+    per_mode = {
+        m: {
+            "sampled_over_full": med[f"{m}/sampled"] / med[f"{m}/full"],
+            "shallowest_over_full": med[f"{m}/shallowest"] / med[f"{m}/full"],
+            "narrowest_over_full": med[f"{m}/narrowest"] / med[f"{m}/full"],
+            "full_over_plain": med[f"{m}/full"] / med["plain"],
+            "sampled_over_plain": med[f"{m}/sampled"] / med["plain"],
+            "shallowest_over_plain": med[f"{m}/shallowest"] / med["plain"],
+            "sampled_step_compilations": steps[m]._cache_size(),
+        }
+        for m in ("cond", "select")
+    }
     result = {
-        "sampled_over_full": med["sampled"] / med["full"],
-        "shallowest_over_full": med["shallowest"] / med["full"],
-        "narrowest_over_full": med["narrowest"] / med["full"],
-        "sampled_step_compilations": step._cache_size(),
+        **per_mode[auto],  # the default depth_skip
+        "default_depth_skip": auto,
+        "select_over_cond_sampled": med["select/sampled"] / med["cond/sampled"],
+        "modes": per_mode,
         "distinct_submodels_seen": a.rounds + 2,
         "median_step_seconds": med,
         "config": vars(a)
         | {"blocks": n, "backend": jax.default_backend(), "devices": jax.device_count(), "machine": platform.machine()},
     }
-    print(f"MobileNetV2 x{a.width_mult}, batch {a.batch} of {a.image}x{a.image}, {n} blocks")
-    print(f"sampled sub-model step / full step (median):  {result['sampled_over_full']:.3f}x")
-    print(f"depth {n - 15} step / full step (median):           {result['shallowest_over_full']:.3f}x (work skipped)")
-    print(f"width 1/10 step / full step (median):         {result['narrowest_over_full']:.3f}x (masked, same shapes)")
-    print(f"compilations of the step (every sub-model):   {result['sampled_step_compilations']}")
+    print(f"MobileNetV2 x{a.width_mult}, batch {a.batch} of {a.image}x{a.image}, {n} blocks, {jax.default_backend()}")
+    print(
+        f"{'depth_skip':10} | {'full/plain':>10} | {'sampled/plain':>13} | {'depth 2/plain':>13} | {'width 1/full':>12} | compiles"
+    )
+    for m, r in per_mode.items():
+        print(
+            f"{m:10} | {r['full_over_plain']:9.3f}x | {r['sampled_over_plain']:12.3f}x | {r['shallowest_over_plain']:12.3f}x"
+            f" | {r['narrowest_over_full']:11.3f}x | {r['sampled_step_compilations']}"
+        )
+    print(f"select / cond, sampled sub-model step: {result['select_over_cond_sampled']:.3f}x; default: {auto}")
     return result
 
 

@@ -40,14 +40,22 @@ def nn_eager(model, x):
     return _small(g, s, x)
 
 
-def tiny_mobilenet(norm):
-    cfg = mb.config(1.0, stages=STAGES, last=24, width_levels=4, norm=norm)
+def tiny_mobilenet(norm, depth_skip="select"):
+    cfg = mb.config(1.0, stages=STAGES, last=24, width_levels=4, norm=norm, depth_skip=depth_skip)
     return randomize_norms(mb.MobileNetV2(cfg, rngs=nnx.Rngs(0)))
 
 
-@pytest.mark.parametrize("norm", ["instance", "batch", pytest.param("batch_private", marks=pytest.mark.slow)])
-def test_mobilenet_submodels_equal_extracted(norm):
-    model = cc.set_eval(tiny_mobilenet(norm))
+@pytest.mark.parametrize(
+    "norm,skip",
+    [
+        ("instance", "cond"),
+        ("batch", "select"),
+        ("batch", "cond"),
+        pytest.param("batch_private", "select", marks=pytest.mark.slow),
+    ],
+)
+def test_mobilenet_submodels_equal_extracted(norm, skip):
+    model = cc.set_eval(tiny_mobilenet(norm, skip))
     x = images()
     g, s = nnx.split(model)
     before = forward._cache_size()
@@ -133,3 +141,35 @@ def test_bad_inputs_raise():
         mb.config(0.0)
     with pytest.raises(ValueError, match="cannot be residual"):
         mb.MobileNetV2Config(stem=8, blocks=((48, 16, 1, True, True),))
+
+
+def test_mobilenet_depth_skip_modes_agree_in_training():
+    """cond and select give the same loss, gradients and BatchNorm statistics in train mode: a
+    block past the depth contributes nothing and its statistics stay as they were."""
+    x, y = images(n=4), jnp.asarray([0, 1, 2, 3])
+    sub = SubModel.of(depth=jnp.int32(3), width=jnp.int32(2))
+    results = {}
+    for skip in ("cond", "select"):
+        model = tiny_mobilenet("batch", skip)
+        g, params, rest = nnx.split(model, nnx.Param, ...)
+
+        @jax.jit
+        def step(params, rest):
+            def loss(params, rest):
+                m = nnx.merge(g, params, rest, copy=True)  # fresh Variables: the forward updates statistics
+                logits = m(x, sub)
+                return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(4), y]), nnx.state(m, nnx.BatchStat)
+
+            return jax.grad(loss, has_aux=True)(params, rest)
+
+        results[skip] = step(params, rest)
+    (g_c, s_c), (g_s, s_s) = results["cond"], results["select"]
+    for a, b in zip(jax.tree.leaves(g_c), jax.tree.leaves(g_s)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(s_c), jax.tree.leaves(s_s)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    untouched = tiny_mobilenet("batch")  # block 4 (index 3) is past depth 3: statistics unchanged
+    np.testing.assert_array_equal(s_s["blocks"][3]["norm1"]["mean"][...], untouched.blocks[3].norm1.mean[...])
+    assert not np.allclose(s_s["blocks"][1]["norm1"]["mean"][...], untouched.blocks[1].norm1.mean[...])
+    with pytest.raises(ValueError, match="depth_skip must be one of"):
+        mb.config(1.0, stages=STAGES, depth_skip="where")
