@@ -37,7 +37,7 @@ def run_grid(cfg, data, results):
     model = _mbv2(cfg, data)
     n = model.limits["depth"]
     pool = Pool({"depth": Dim.range(max(1, n - 15), n), "width": Dim.range(1, 10)})
-    kw = dict(steps=cfg.steps, batch=cfg.batch, lr=cfg.lr, seed=0, progress=cfg.progress)
+    kw = dict(steps=cfg.grid_steps, batch=cfg.batch, lr=cfg.lr, seed=0, progress=cfg.progress, augment=cfg.augmentation)
     base = fit(model, data, "plain", pool, desc="MobileNetV2 baseline (full only)", **kw)
     sorted_ = fit(model, data, "sortednet", pool, desc="MobileNetV2 SortedNet (160 sub-models)", **kw)
     full = {"depth": n, "width": 10}
@@ -85,7 +85,10 @@ def run_subset(cfg, data, results):
         return {"threshold": cfg.recovery_threshold, "chosen": [], "note": "no sub-model reached the threshold"}
     model = _mbv2(cfg, data)
     pool = Pool.from_configs([{"depth": c["depth"], "width": c["width"]} for c in chosen])
-    r = fit(model, data, "sortednet", pool, steps=cfg.steps, batch=cfg.batch, lr=cfg.lr, seed=0, progress=cfg.progress)
+    r = fit(
+        model, data, "sortednet", pool, steps=cfg.grid_steps, batch=cfg.batch, lr=cfg.lr, seed=0,
+        progress=cfg.progress, augment=cfg.augmentation,
+    )  # fmt: skip
     ev = Evaluator(r.model, data)
     for c in chosen:
         c["retrained_accuracy"] = ev.accuracy({"depth": c["depth"], "width": c["width"]})
@@ -116,7 +119,7 @@ def run_table42(cfg, data, results):
                 model = _resnet(cfg, data, model_norm, seed)
                 r = fit(
                     model, data, method, pool, steps=cfg.steps, batch=cfg.batch, lr=cfg.lr, seed=seed,
-                    desc=f"cPreResNet20 {norm} {method} seed {seed}", progress=cfg.progress,
+                    desc=f"cPreResNet20 {norm} {method} seed {seed}", progress=cfg.progress, augment=cfg.augmentation,
                 )  # fmt: skip
                 times.setdefault(f"{method}/{norm}", []).append(r.step_seconds)
                 ev = Evaluator(r.model, data)
@@ -146,7 +149,7 @@ def run_gacc(cfg, data, results):
             model = _resnet(cfg, data, "instance", 0)
             r = fit(
                 model, data, "sortednet", pool, steps=steps, batch=cfg.batch, lr=cfg.lr, seed=0, g_acc=g,
-                desc=f"g_acc={g} {regime}", progress=cfg.progress,
+                desc=f"g_acc={g} {regime}", progress=cfg.progress, augment=cfg.augmentation,
             )  # fmt: skip
             ev = Evaluator(r.model, data)
             accs = {f"{25 * w}%": ev.accuracy({"width": w}) for w in WIDTHS_42}
@@ -167,7 +170,8 @@ def run_time(cfg, data, results):
         sec = {}
         for method in ("sortednet", "us"):
             r = fit(_resnet(cfg, data, "instance", 0), data, method, pool, steps=min(cfg.steps, 50), batch=cfg.batch,
-                    lr=cfg.lr, seed=0, desc=f"time {method}", progress=cfg.progress)  # fmt: skip
+                    lr=cfg.lr, seed=0, desc=f"time {method}", progress=cfg.progress,
+                    augment=cfg.augmentation)  # fmt: skip
             sec[f"{method}/instance"] = r.step_seconds
     per_epoch = len(data.y_train) // cfg.batch
     out = {"updates_per_epoch": per_epoch, "epoch_seconds": {k: v * per_epoch for k, v in sec.items()}}

@@ -108,14 +108,16 @@ def load(name: str, *, data_dir: str | None = None, limit: int | None = None, se
     raise ValueError(f"unknown vision dataset {name!r}; allowed: {DATASETS}")
 
 
-def augment(x: np.ndarray, rng: np.random.Generator, pad: int = 4) -> np.ndarray:
-    """The CIFAR augmentation: random crop after ``pad``-pixel zero padding, random horizontal flip."""
+def augment(x: np.ndarray, rng: np.random.Generator, pad: int = 4, *, flip: bool = True) -> np.ndarray:
+    """The CIFAR augmentation: random crop after ``pad``-pixel zero padding, random horizontal
+    flip (``flip=False``: crop only, for images that are not mirror-symmetric such as digits)."""
     n, h, w, _ = x.shape
     xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
     dy, dx = rng.integers(0, 2 * pad + 1, n), rng.integers(0, 2 * pad + 1, n)
     rows = dy[:, None] + np.arange(h)[None]
     cols = dx[:, None] + np.arange(w)[None]
     out = xp[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
-    flip = rng.random(n) < 0.5
-    out[flip] = out[flip, :, ::-1]
+    if flip:
+        mirrored = rng.random(n) < 0.5
+        out[mirrored] = out[mirrored, :, ::-1]
     return out

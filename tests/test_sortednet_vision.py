@@ -79,7 +79,7 @@ def test_subset_selection_is_pareto_over_threshold():
 def test_experiment_tiny_end_to_end(tmp_path):
     from experiments import sortednet_vision
 
-    args = ["--workdir", str(tmp_path), "--steps", "4", "--batch", "16", "--seeds", "0,1", "--resnet-base", "2",
+    args = ["--workdir", str(tmp_path), "--steps", "4", "--grid-steps", "4", "--batch", "16", "--seeds", "0,1", "--resnet-base", "2",
             "--mbv2-width-mult", "0.1", "--mbv2-last", "16", "--g-accs", "1,2", "--no-progress",
             "--recovery-threshold", "1"]  # fmt: skip
     res = sortednet_vision.main(args)
@@ -101,3 +101,31 @@ def test_experiment_tiny_end_to_end(tmp_path):
     for f in ("results.json", "fig4_2_accuracy.png", "fig4_2_recovery.png", "fig4_5_subset.png"):
         assert os.path.getsize(tmp_path / f) > 0
     assert json.load(open(tmp_path / "results.json"))["grid"]["baseline_full_accuracy"] >= 0
+
+
+def test_fit_augments_per_step_and_refuses_unknown():
+    """crop changes training (same seed, other params), is reproducible, and 'auto' picks by data set."""
+    from experiments import sortednet_vision
+    from experiments.sortednet_vision_train import fit
+    from sortedjax.vision_data import VisionData
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 8, 8, 3)).astype(np.float32)
+    y = rng.integers(0, 10, 16).astype(np.int32)
+    data = VisionData(name="toy", x_train=x, y_train=y, x_test=x[:4], y_test=y[:4], num_classes=10)
+    pool = Pool({"width": Dim(support=(1, 2, 3, 4))})
+
+    def run(augment):
+        model = resnet.cpreresnet20("instance", base=2, width_levels=4)
+        r = fit(model, data, "sortednet", pool, steps=2, batch=8, lr=1e-2, seed=0, progress=False, augment=augment)
+        return nnx.state(r.model, nnx.Param)
+
+    plain, crop, crop2 = run("none"), run("crop"), run("crop")
+    leaves = lambda s: jax.tree.leaves(s)  # noqa: E731
+    assert all(np.array_equal(a, b) for a, b in zip(leaves(crop), leaves(crop2)))
+    assert not all(np.allclose(a, b) for a, b in zip(leaves(plain), leaves(crop)))
+    with pytest.raises(ValueError, match="augment must be one of"):
+        run("rotate")
+    assert sortednet_vision.Config(data="cifar10").augmentation == "crop_flip"
+    assert sortednet_vision.Config().augmentation == "none"
+    assert sortednet_vision.Config(augment="crop").augmentation == "crop"

@@ -31,6 +31,7 @@ def test_bad_arguments():
 
 def test_cifar10_through_tfds_mock_data():
     import tensorflow_datasets as tfds  # in the test extra: this test must run, not skip
+
     with tfds.testing.mock_data(num_examples=6, policy=tfds.testing.MockPolicy.USE_CODE):
         d = vision_data.load("cifar10", limit=5)
         raw = tfds.data_source("cifar10", split="train")
@@ -48,3 +49,5 @@ def test_augment_crops_and_flips():
         assert np.array_equal(a, b) or np.array_equal(a, b[:, ::-1])
     out = vision_data.augment(x, np.random.default_rng(3), pad=2)
     assert out.shape == x.shape and (out == 0).any()
+    for seed in range(5):  # flip=False with no padding: every image unchanged
+        assert np.array_equal(vision_data.augment(x, np.random.default_rng(seed), pad=0, flip=False), x)
