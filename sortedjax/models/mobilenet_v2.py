@@ -51,8 +51,8 @@ CIFAR_STAGES = (
 # branch; "select": every block runs and jnp.where keeps the block's output or the shortcut (no work
 # skipped). Measured train steps (benchmarks/submodel_step.py --model cnn, results/submodel_step_cnn*.json),
 # step time over a plain full-model step, sampled sub-model (depth 2..17, width 1..10) / depth 2:
-#   2-core CPU, width 0.25, 16x16, batch 32:  cond 6.2x / 2.0x, select 1.15x / 1.0x
-#   H200 (jax 0.11.2), width 1.4, 32x32, batch 128: cond 1.33x / 0.77x, select 1.12x / 0.95x
+#   2-core CPU, width 0.25, 16x16, batch 32:  cond 5.53x / 1.90x, select 1.02x / 1.02x
+#   H200 (jax 0.11.2), width 1.4, 32x32, batch 128:  cond 1.33x / 0.77x, select 1.12x / 0.95x
 # The sampled step, the one training runs, is faster with select on both, so it is the default.
 DEPTH_SKIP = ("select", "cond")
 
