@@ -153,20 +153,7 @@ def variants(cfg: DyLoRAExperiment) -> dict:
 def train_config(cfg: DyLoRAExperiment, workdir: str, seed: int, desc: str):
     from sortedjax.train import TrainConfig
 
-    return TrainConfig(
-        workdir=workdir,
-        steps=cfg.steps,
-        learning_rate=cfg.learning_rate,
-        schedule="warmup_cosine",
-        warmup_steps=min(50, cfg.steps // 10),
-        end_lr_factor=0.1,
-        optimizer="adamw",
-        grad_clip_norm=1.0,
-        checkpoint_every=max(cfg.steps, 1),
-        log_every=10,
-        seed=seed,
-        desc=desc,
-    )
+    return TrainConfig.finetune(workdir=workdir, steps=cfg.steps, learning_rate=cfg.learning_rate, seed=seed, desc=desc)
 
 
 def load_nlu_data(cfg: DyLoRAExperiment, tok, seed: int):

@@ -115,20 +115,8 @@ def train_config(cfg, workdir: str, seed: int, desc: str, steps: int | None = No
     from sortedjax.train import TrainConfig
 
     steps = cfg.steps if steps is None else steps
-    return TrainConfig(
-        workdir=workdir,
-        steps=steps,
-        learning_rate=cfg.learning_rate,
-        schedule="warmup_cosine",
-        warmup_steps=min(50, steps // 10),
-        end_lr_factor=0.1,
-        optimizer="adamw",
-        grad_clip_norm=1.0,
-        grad_accum=cfg.g_acc,
-        checkpoint_every=max(steps, 1),
-        log_every=10,
-        seed=seed,
-        desc=desc,
+    return TrainConfig.finetune(
+        workdir=workdir, steps=steps, learning_rate=cfg.learning_rate, seed=seed, desc=desc, grad_accum=cfg.g_acc
     )
 
 

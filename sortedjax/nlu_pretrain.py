@@ -130,19 +130,13 @@ def pretrain(out_dir: str, cfg: PretrainConfig, *, workdir: str, texts: list[str
     )
     model = encoder.Encoder(mcfg, rngs=nnx.Rngs(cfg.seed))
     info = dict(mask_id=tok.mask_token_id, vocab_size=len(tok), num_special=len(SPECIAL_TOKENS))
-    tcfg = TrainConfig(
+    tcfg = TrainConfig.finetune(
         workdir=workdir,
         steps=cfg.steps,
         learning_rate=cfg.learning_rate,
-        schedule="warmup_cosine",
-        warmup_steps=min(50, cfg.steps // 10),
-        end_lr_factor=0.1,
-        optimizer="adamw",
-        weight_decay=0.01,
-        grad_clip_norm=1.0,
-        checkpoint_every=max(cfg.steps, 1),
         seed=cfg.seed,
         desc="mlm pre-training",
+        weight_decay=0.01,
     )
     res = train(
         model,

@@ -177,17 +177,7 @@ def train(
     tx = make_optimizer(cfg)
 
     if mesh is not None:
-        p_shard = shd.state_shardings(params, mesh)
-        r_shard = shd.state_shardings(rest, mesh)
-        rep = shd.replicated(mesh)
-        o_shard = optax.tree_utils.tree_map_params(
-            tx,
-            lambda _, s: s,
-            jax.eval_shape(tx.init, params),
-            p_shard,
-            transform_non_params=lambda _: rep,
-            is_leaf=lambda x: isinstance(x, nnx.Variable),
-        )
+        p_shard, o_shard, r_shard, rep = shd.train_shardings(tx, params, rest, mesh)
         params = jax.device_put(params, p_shard)
         rest = jax.device_put(rest, r_shard)
         opt_state = jax.jit(tx.init, out_shardings=o_shard)(params)

@@ -57,6 +57,26 @@ class TrainConfig:
         if self.grad_clip_norm is not None and not self.grad_clip_norm > 0:
             raise ValueError(f"grad_clip_norm must be > 0 or None, got {self.grad_clip_norm}")
 
+    @classmethod
+    def finetune(cls, *, workdir: str, steps: int, learning_rate: float, seed: int, desc: str, **overrides):
+        """The fine-tuning recipe the encoder experiments share: AdamW, linear warmup over
+        ``min(50, steps // 10)`` steps then cosine decay to 10 %, gradient clipping at 1, one
+        checkpoint at the end; ``overrides`` replace any field."""
+        fields = dict(
+            workdir=workdir,
+            steps=steps,
+            learning_rate=learning_rate,
+            schedule="warmup_cosine",
+            warmup_steps=min(50, steps // 10),
+            end_lr_factor=0.1,
+            optimizer="adamw",
+            grad_clip_norm=1.0,
+            checkpoint_every=max(steps, 1),
+            seed=seed,
+            desc=desc,
+        )
+        return cls(**{**fields, **overrides})
+
 
 def make_schedule(cfg: TrainConfig) -> optax.Schedule:
     lr, end = cfg.learning_rate, cfg.learning_rate * cfg.end_lr_factor

@@ -205,3 +205,12 @@ def test_config_and_mesh_errors():
         sharding.make_mesh("16")
     assert sharding.parse_mesh_spec("8") == {"data": 1, "fsdp": 8, "tensor": 1}
     assert sharding.parse_mesh_spec("data:2,fsdp:4,tensor:1") == {"data": 2, "fsdp": 4, "tensor": 1}
+
+
+def test_finetune_recipe_fields_and_overrides():
+    cfg = TrainConfig.finetune(workdir="w", steps=300, learning_rate=2e-4, seed=3, desc="d", grad_accum=2)
+    assert (cfg.schedule, cfg.optimizer, cfg.warmup_steps, cfg.end_lr_factor) == ("warmup_cosine", "adamw", 30, 0.1)
+    assert (cfg.grad_clip_norm, cfg.checkpoint_every, cfg.grad_accum, cfg.seed) == (1.0, 300, 2, 3)
+    assert TrainConfig.finetune(workdir="w", steps=2000, learning_rate=1e-3, seed=0, desc="d").warmup_steps == 50
+    with pytest.raises(ValueError, match="grad_accum must be >= 1"):
+        TrainConfig.finetune(workdir="w", steps=10, learning_rate=1e-3, seed=0, desc="d", grad_accum=0)
