@@ -34,15 +34,15 @@ Protocol of a problem. Generated test equations get fit points in the training r
 and Feynman use independent train / test draws from their ranges. Each method sees only
 the fit points. Errors are MSE_N on the held-out points; times are wall seconds of ``fit``.
 
-Expected runtime: not measured end to end. On this 2-core machine, busy with other jobs (load
-average 17-21), the default's 1var part took 311 s of data generation and 1437 s of
-training wall time (204 CPU-seconds for both), the 3var data 413 s, and the evaluation ran
-about 10-15x slower than quiet (gplearn 40-60 s per problem against 3.6 s quiet), so the
-evaluation was cut short. From the previous quiet measurement of the 1var pipeline (65 s
-data, 234 s training, ~6 s of all methods per problem with Operon at 200 generations) and
-3var training about 3x a 1var step, the default (1var + 3var, 20 problems + the Nguyen
-equations each) is estimated at about 30 minutes quiet, above the 20-minute target; the
-knobs are ``--n-test``, ``--max-points``, ``--sweep-problems`` and the baselines' budgets.
+Runtime: the default (1var + 3var, 20 generated problems + the Nguyen equations each, both
+protocols, every baseline, sweeps on 10 problems) took 9:56 wall on this quiet 2-core CPU: 1var
+226 s (data 15 s, training 96 s), 3var 368 s (training 112 s), with symreg's persistent
+compilation cache filled by earlier runs (a fresh machine compiles the fitting programs once more:
+the first fit of a process takes about 4 s instead of 1). Its fractions under log10 MSE_N -5
+(median seconds per problem): 1var symbolicgpt 0.50 (0.26 s), thesis protocol 0.05, gplearn 0.15
+(2.17 s), MLP 0.00, Operon at 200 generations 0.40 (1.22 s); 3var symbolicgpt 0.35 (1.46 s),
+thesis protocol 0.10, gplearn 0.15 (2.10 s), MLP 0.00, Operon 0.25 (2.58 s).
+
 Measured (1var, the bar's protocol, the command above with ``--n-test 20 --protocol
 ours,thesis --conditional``): 20
 generated problems fit on 60 points and scored on 200 fresh held-out ones, fraction under
