@@ -52,7 +52,7 @@ CIFAR_STAGES = (
 # skipped). Measured train steps (benchmarks/submodel_step.py --model cnn, results/submodel_step_cnn*.json),
 # step time over a plain full-model step, sampled sub-model (depth 2..17, width 1..10) / depth 2:
 #   2-core CPU, width 0.25, 16x16, batch 32:  cond 5.53x / 1.90x, select 1.02x / 1.02x
-#   H200 (jax 0.11.2), width 1.4, 32x32, batch 128:  cond 1.33x / 0.77x, select 1.12x / 0.95x
+#   H200 (jax 0.11.2), width 1.4, 32x32, batch 128:  cond 1.37x / 0.80x, select 1.23x / 0.95x
 # The sampled step, the one training runs, is faster with select on both, so it is the default.
 DEPTH_SKIP = ("select", "cond")
 
