@@ -146,23 +146,21 @@ def load_examples(cfg: SoftExperiment):
 
 
 def _train_cfg(cfg: SoftExperiment, sub: str, steps: int, lr: float, **kw):
+    """The shared fine-tuning recipe (:meth:`TrainConfig.finetune`) with SoFT's warmup, checkpoint
+    interval, gradient accumulation and optimizer-state dtype."""
     from sortedjax.train import TrainConfig
 
-    return TrainConfig(
+    return TrainConfig.finetune(
         workdir=os.path.join(cfg.workdir, sub),
         steps=steps,
         learning_rate=lr,
-        schedule="warmup_cosine",
+        seed=cfg.seed,
+        desc=sub,
         warmup_steps=min(20, steps // 10),
-        end_lr_factor=0.1,
-        optimizer="adamw",
-        grad_clip_norm=1.0,
         grad_accum=cfg.grad_accum,
         opt_state_dtype=None if cfg.opt_state_dtype == "param" else cfg.opt_state_dtype,
         checkpoint_every=100,
         log_every=10,
-        seed=cfg.seed,
-        desc=sub,
         **kw,
     )
 
