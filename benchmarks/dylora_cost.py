@@ -38,11 +38,14 @@ import optax
 from flax import nnx
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import bench_timing  # noqa: E402 (benchmarks/ is on sys.path)
 
 from sortedjax import lora  # noqa: E402
 from sortedjax.models import encoder  # noqa: E402
 from sortedjax.submodel import Pool, SubModel  # noqa: E402
-from sortedjax.train import TrainConfig, make_optimizer, make_train_step  # noqa: E402
+from sortedjax.train import TrainConfig, make_optimizer  # noqa: E402
 
 R_MAX, ALPHA, GRID = 8, 16.0, (1, 2, 4, 8)
 
@@ -76,9 +79,8 @@ def compiled_step(model, loss_fn, tx, batch):
     """``(compiled step, params, opt_state, rest, temp bytes)`` of a jitted adapters-only step."""
     graphdef, params, rest = nnx.split(model, lora.LoRAParam, ...)
     opt = tx.init(params)
-    lowered = jax.jit(make_train_step(graphdef, loss_fn, tx)).lower(params, opt, (rest,), batch, jax.random.PRNGKey(0))
-    c = lowered.compile()
-    return c, params, opt, rest, int(c.memory_analysis().temp_size_in_bytes)
+    c, temp = bench_timing.compile_train_step(graphdef, loss_fn, tx, params, opt, rest, batch)
+    return c, params, opt, rest, temp
 
 
 def runs(setups: dict, tx, batch, steps: int) -> dict[str, float]:
@@ -132,15 +134,11 @@ def main(argv=None):
     losses = {"lora": loss_for(lambda key: None), "dylora": loss_for(lambda key: pool.sample(key).rank)}
     steps = {k: compiled_step(model, fn, tx, batch) for k, fn in losses.items()}
     mem = {k: s[4] for k, s in steps.items()}
-    times = {k: [] for k in steps}
-    keys = [jax.random.PRNGKey(i) for i in range(a.repeats + 1)]
-    for c, params, opt, rest, _ in steps.values():  # warm up
-        jax.block_until_ready(c(params, opt, (rest,), batch, keys[0]))
-    for i in range(a.repeats):  # interleaved, so load changes hit both alike
-        for k, (c, params, opt, rest, _) in steps.items():
-            t = time.perf_counter()
-            jax.block_until_ready(c(params, opt, (rest,), batch, keys[i + 1]))
-            times[k].append(time.perf_counter() - t)
+    calls = {
+        k: (lambda i, c=c, params=params, opt=opt, rest=rest: c(params, opt, (rest,), batch, jax.random.PRNGKey(i)))
+        for k, (c, params, opt, rest, _) in steps.items()
+    }
+    times = bench_timing.interleaved(calls, a.repeats)
     med = {k: statistics.median(v) for k, v in times.items()}
 
     setups = {"dylora_r1-8": (make_model(a, R_MAX), losses["dylora"])}

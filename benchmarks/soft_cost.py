@@ -24,7 +24,6 @@ import json
 import os
 import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -32,10 +31,13 @@ import numpy as np
 from flax import nnx
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import bench_timing  # noqa: E402 (benchmarks/ is on sys.path)
 
 from sortedjax import soft  # noqa: E402
 from sortedjax.models import llama  # noqa: E402
-from sortedjax.train import TrainConfig, make_optimizer, make_train_step  # noqa: E402
+from sortedjax.train import TrainConfig, make_optimizer  # noqa: E402
 
 
 def naive_soft_loss(exits):
@@ -107,19 +109,10 @@ def main(argv=None):
     }
     compiled, mem = {}, {}
     for name, fn in losses.items():
-        step = jax.jit(make_train_step(graphdef, fn, tx))
-        c = step.lower(params, opt, (rest,), batch, jax.random.PRNGKey(0)).compile()
-        compiled[name] = c
-        mem[name] = int(c.memory_analysis().temp_size_in_bytes)
+        compiled[name], mem[name] = bench_timing.compile_train_step(graphdef, fn, tx, params, opt, rest, batch)
     key = jax.random.PRNGKey(0)
-    times = {k: [] for k in compiled}
-    for c in compiled.values():  # warm up
-        jax.block_until_ready(c(params, opt, (rest,), batch, key))
-    for _ in range(a.repeats):  # interleave so load changes hit every variant alike
-        for k, c in compiled.items():
-            t = time.perf_counter()
-            jax.block_until_ready(c(params, opt, (rest,), batch, key))
-            times[k].append(time.perf_counter() - t)
+    calls = {k: (lambda i, c=c: c(params, opt, (rest,), batch, key)) for k, c in compiled.items()}
+    times = bench_timing.interleaved(calls, a.repeats)
     med = {k: statistics.median(v) for k, v in times.items()}
     res = {
         "time_ratio": med["soft"] / med["sft"],

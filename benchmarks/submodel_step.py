@@ -33,10 +33,11 @@ batch 256 gave masked-full/plain 1.23x and uniform/full depth 0.80x on the same 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
-import time
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -48,6 +49,9 @@ from sortedjax import objectives
 from sortedjax.models.mlp import MLPConfig, SortedMLP
 from sortedjax.submodel import Dim, Pool, SubModel
 from sortedjax.train import make_train_step
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_timing  # noqa: E402 (benchmarks/ is on sys.path)
 
 
 def plain_forward(params, x):
@@ -64,20 +68,6 @@ def plain_forward(params, x):
 
 def xent(logits, y):
     return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], 1))
-
-
-def interleaved(runs: dict, rounds: int) -> dict[str, list[float]]:
-    """Compile + warm up every variant, then time them round by round."""
-    for f in runs.values():
-        f(0)
-        f(1)
-    times = {n: [] for n in runs}
-    for r in range(rounds):
-        for n, f in runs.items():
-            t0 = time.perf_counter()
-            f(100 + r)
-            times[n].append(time.perf_counter() - t0)
-    return times
 
 
 def cnn_main(a):
@@ -113,7 +103,7 @@ def cnn_main(a):
             )
     plain = jax.jit(make_train_step(graphdef, lambda m, b, key: loss_fn(m, b, None), tx))
     runs["plain"] = lambda i: jax.block_until_ready(plain(params, opt, (rest,), batch, jax.random.PRNGKey(i)))
-    times = interleaved(runs, a.rounds)
+    times = bench_timing.interleaved(runs, a.rounds, warmup=2)
     med = {k: float(np.median(v)) for k, v in times.items()}
     auto = mb.MobileNetV2Config.depth_skip  # the default
     per_mode = {
@@ -213,21 +203,11 @@ def main(argv=None):
     def run(name, i):
         key = jax.random.PRNGKey(i)
         if name == "plain":
-            out = plain_step(*plain_state, batch, key)
-        else:
-            out = steps[name](*states[name], (rest,), batch, key)
-        jax.block_until_ready(out)
+            return plain_step(*plain_state, batch, key)
+        return steps[name](*states[name], (rest,), batch, key)
 
     names = ["plain", *steps]
-    for n in names:  # compile + warm up
-        run(n, 0)
-        run(n, 1)
-    times = {n: [] for n in names}
-    for r in range(a.rounds):
-        for n in names:
-            t0 = time.perf_counter()
-            run(n, 100 + r)
-            times[n].append(time.perf_counter() - t0)
+    times = bench_timing.interleaved({n: functools.partial(run, n) for n in names}, a.rounds, warmup=2)
     med = {n: float(np.median(times[n])) for n in names}
     mean = {n: float(np.mean(times[n])) for n in names}
     result = {
