@@ -7,7 +7,7 @@ Models (``benchmarks/dynamic_inference_model.py``): (a) the main job's architect
 hidden 64) and (b) a deeper one where weight reads, not dispatch, dominate a token (24 layers,
 hidden 384), both briefly SoFT-trained (every exit's loss through the shared head) as language
 models on the built-in task's generated text, so their exits agree with the last layer. The first
-run trains them (about 1 min for (a) and 3 min for (b) on a quiet 2-core CPU; 18 min at load 15)
+run trains them (about 1 min for (a) and 10 min for (b) on a quiet 2-core CPU)
 and caches the weights in ``~/.cache/sortedjax/dynamic_inference`` keyed by the configuration;
 later runs load them (``--retrain`` trains again). Prompts: the first 16 tokens of held-out
 generated documents. Greedy, 32 new tokens, float32, no stop token. Speculative decoding with
@@ -18,7 +18,7 @@ transformers and our autoregressive and best speculative mode are timed again in
 ``weight_read_model_speedup``: what the speedup would be if a token cost only its layers' weight
 reads (:func:`weight_read_speedup`). ``continuation_identical_percent``: the share of timed rows
 whose whole continuation equals autoregressive decoding's (coarse: B rows). ``dynamic_em_drop``: exact-match points
-lost on the built-in task's 259 questions (:func:`task_em`). Takes ~5 min on a quiet 2-core CPU after training.
+lost on the built-in task's 259 questions (:func:`task_em`). Takes ~1.5 min on a quiet 2-core CPU once the models are cached.
 """
 
 from __future__ import annotations
@@ -38,9 +38,11 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import dynamic_inference_model as dm  # noqa: E402 (benchmarks/ is on sys.path when run as a script)
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
+from flax import nnx  # noqa: E402
 
 from sortedjax import decoding, evaluation  # noqa: E402
 from sortedjax.models import llama  # noqa: E402
@@ -67,6 +69,71 @@ def weight_read_speedup(tokens_per_verify: float, mean_k: float, draft: int, lay
     makes ``tokens_per_verify`` tokens. What the measured speedup is compared with: where they
     agree, the loop adds no overhead beyond the model's own layer costs."""
     return tokens_per_verify / (((mean_k + 1) * draft + layers - draft) / layers)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3, 6))
+def _passes(graphdef, state, cache, T, first, last, reps):
+    """``reps`` dependent passes of ``T`` tokens through layers ``first+1..last`` with the cache
+    (``forward_cached``, written at slot 16): what one draft step or one verification costs alone."""
+    m = nnx.merge(graphdef, state)
+
+    def body(_, c):
+        h0 = jnp.zeros((1, T, m.cfg.hidden_size), jnp.float32) + c[0]
+        h, cache = m.forward_cached(
+            jnp.zeros((1, T), jnp.int32),
+            c[1],
+            start=jnp.int32(16),
+            positions_BxT=jnp.arange(T)[None] + 16,
+            exit_layer=last,
+            start_layer=first,
+            h_BxTxD=h0,
+        )
+        return h[0, 0, 0] * 0, cache
+
+    return jax.lax.fori_loop(0, reps, body, (jnp.float32(0), cache))
+
+
+def round_accounting(model, prompts, draft: int, K: int, T: int, ar_s: float, spec_s: float, verifies: int) -> dict:
+    """Where a batch-1 speculative run's time goes: the prefill (timed alone, host work included),
+    one token through all layers, one draft pass (``draft`` layers) and one verification of
+    ``K + 1`` tokens through the other layers, each timed alone in a compiled loop of 50. The
+    predicted round, ``(K + 1)`` draft passes + 1 verification, is compared with the measured
+    one, ``(run - prefill) / verifications``; ``speedup_after_prefill`` is the ratio of the
+    token loops alone (the prefill is the same in every mode and dilutes the end-to-end ratio)."""
+    from sortedjax.decoding import common
+
+    def best_ms(fn, reps=5):
+        jax.block_until_ready(fn())
+        ts = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn())
+            ts.append(time.perf_counter() - t0)
+        return 1e3 * min(ts)
+
+    N = model.num_layers
+    graphdef, state = nnx.split(model)
+    cache = model.init_cache(1, common.BUCKET)
+    n = 50
+
+    def per_pass(T_, first, last):
+        return best_ms(lambda: _passes(graphdef, state, cache, T_, jnp.int32(first), jnp.int32(last), n)) / n
+
+    prefill = best_ms(lambda: common.start(model, prompts, None, 0, T, None, extra=K + 1).logits)
+    full, d, v = per_pass(1, 0, N), per_pass(1, 0, draft), per_pass(K + 1, draft, N)
+    ar_ms, spec_ms = 1e3 * ar_s, 1e3 * spec_s
+    return {
+        "draft_exit": draft,
+        "num_draft": K,
+        "prefill_ms": prefill,
+        "full_token_ms": full,
+        "draft_pass_ms": d,
+        "verify_ms": v,
+        "predicted_round_ms": (K + 1) * d + v,
+        "measured_round_ms": (spec_ms - prefill) / verifies,
+        "measured_ar_token_ms": (ar_ms - prefill) / (T - 1),
+        "speedup_after_prefill": (ar_ms - prefill) / (spec_ms - prefill),
+    }
 
 
 def task_em(model, tok, spec, exits) -> dict:
@@ -142,6 +209,11 @@ def run_model(name, args):
                         st["tokens_per_verify"], st["drafted"] / st["verifies"], e, N
                     )
         row["speculative"] = spec_rows
+        if B == 1:
+            k4 = max((k for k in spec_rows if k.endswith("_k4")), key=lambda k: spec_rows[k]["speedup"])
+            row["round_accounting"] = round_accounting(
+                model, prompts, int(k4.split("_")[0][4:]), 4, T, ar_s, secs[k4], spec_rows[k4]["verifies"]
+            )
         out, used = outs["dynamic"]
         row["dynamic"] = {
             "thresholds": list(thr),
@@ -176,6 +248,15 @@ def run_model(name, args):
         res[f"batch{B}"] = row
         print(name, f"batch {B}:", flush=True)
         print(table(row), flush=True)
+        if "round_accounting" in row:
+            a = row["round_accounting"]
+            print(
+                f"draft {a['draft_exit']} K=4: prefill {a['prefill_ms']:.2f} ms; alone: full token {a['full_token_ms']:.2f}, "
+                f"draft pass {a['draft_pass_ms']:.2f}, verify {a['verify_ms']:.2f} ms -> round {a['predicted_round_ms']:.2f} "
+                f"predicted, {a['measured_round_ms']:.2f} measured; speedup after the prefill "
+                f"{a['speedup_after_prefill']:.2f}x",
+                flush=True,
+            )
     q = res["dynamic_task_em"]
     print(
         f"{name} dynamic inference on the task's {q['questions']} questions: EM {q['em_autoregressive']:.2f} "
@@ -192,10 +273,10 @@ def table(row) -> str:
     ]
     lines.append(f"{'autoregressive':18} | {row['ours_autoregressive_ms_per_token']:8.2f} | {1:6.2f}x |")
     for k, r in row["speculative"].items():
+        m = r.get("weight_read_model_speedup")  # batch 1 only: rows of a batch draft different K
         lines.append(
             f"{k:18} | {r['ms_per_token']:8.2f} | {r['speedup']:6.2f}x | {r['acceptance_rate']:6.2f} | "
-            f"{r['tokens_per_verify']:10.2f} | {r.get('weight_read_model_speedup', float('nan')):5.2f}x | "
-            f"{r['identical_tokens']}"
+            f"{r['tokens_per_verify']:10.2f} | {'-' if m is None else f'{m:5.2f}x':>6} | {r['identical_tokens']}"
         )
     d = row["dynamic"]
     lines.append(

@@ -62,7 +62,7 @@ class BenchModel:
 
 MODELS = {
     "a_main_job": BenchModel(layers=8, hidden=64, heads=4, steps=300, batch_size=32, learning_rate=3e-3),
-    "b_deep": BenchModel(layers=24, hidden=384, heads=6, steps=120, batch_size=8, learning_rate=2e-3),
+    "b_deep": BenchModel(layers=24, hidden=384, heads=6, steps=400, batch_size=16, learning_rate=2e-3),
 }
 
 
