@@ -62,7 +62,7 @@ def test_mobilenet_submodels_equal_extracted(norm, skip):
     for depth, width in ((1, 1), (2, 4), (3, 2), (4, 3), (5, 1), (5, 4)):  # every depth, every width
         big = forward(g, s, x, SubModel.of(depth=depth, width=width))
         small = cc.extract_cnn(model, {"depth": depth, "width": width})
-        assert len(small.blocks) == depth
+        assert small.blocks.num_layers == depth
         assert small.cfg.stem == cc.kept(model.cfg.stem, width, 4)
         # the same arithmetic on fewer channels: equal up to float32 summation order
         np.testing.assert_allclose(big, nn_eager(small, x), rtol=1e-4, atol=1e-4)
@@ -86,7 +86,7 @@ def test_masked_width_ignores_cut_channels():
     x, sub = images(), SubModel.of(depth=5, width=2)
     run = nnx.jit(lambda m, x, sub: m(x, sub))
     before = run(model, x, sub)
-    block = model.blocks[3]
+    block = model.blocks.layers[3]
     block.project.kernel[...] = block.project.kernel[...].at[..., cc.kept(block.cout, 2, 4) :].set(100.0)
     np.testing.assert_allclose(run(model, x, sub), before, atol=1e-6)
     assert not np.allclose(run(model, x, SubModel.of(depth=5, width=3)), before, atol=1e-3)
@@ -169,7 +169,9 @@ def test_mobilenet_depth_skip_modes_agree_in_training():
     for a, b in zip(jax.tree.leaves(s_c), jax.tree.leaves(s_s)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     untouched = tiny_mobilenet("batch")  # block 4 (index 3) is past depth 3: statistics unchanged
-    np.testing.assert_array_equal(s_s["blocks"][3]["norm1"]["mean"][...], untouched.blocks[3].norm1.mean[...])
-    assert not np.allclose(s_s["blocks"][1]["norm1"]["mean"][...], untouched.blocks[1].norm1.mean[...])
+    np.testing.assert_array_equal(
+        s_s["blocks"]["layers"][3]["norm1"]["mean"][...], untouched.blocks.layers[3].norm1.mean[...]
+    )
+    assert not np.allclose(s_s["blocks"]["layers"][1]["norm1"]["mean"][...], untouched.blocks.layers[1].norm1.mean[...])
     with pytest.raises(ValueError, match="depth_skip must be one of"):
         mb.config(1.0, stages=STAGES, depth_skip="where")

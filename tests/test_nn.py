@@ -218,6 +218,47 @@ def test_layer_stack_of_heterogeneous_layers_gates_and_keeps_batch_stats():
     np.testing.assert_allclose(stack.layers[0].mean[...], 0.1 * np.mean(np.asarray(x), 0), atol=1e-6)
 
 
+class Widen(nnx.Module):
+    """A shape-changing layer with a parameter-free ``skip`` (zero-padded features), scaled."""
+
+    def __init__(self, cin, cout, rngs):
+        self.cout = cout
+        self.w = nnx.Param(jax.random.normal(rngs.params(), (cin, cout)))
+
+    def __call__(self, h, *, scale=1.0):
+        return scale * jnp.tanh(h @ self.w[...])
+
+    def skip(self, h, *, scale=1.0):
+        return jnp.pad(h, ((0, 0), (0, self.cout - h.shape[-1])))
+
+
+class Normed(nnx.Module):
+    def __init__(self, n):
+        self.bn = nn.BatchNorm(n)
+
+    def __call__(self, h, *, scale=1.0):
+        return self.bn(h)
+
+
+@pytest.mark.parametrize("gate", ["cond", "select"])
+def test_layer_stack_skips_shape_changing_layers_with_their_skip(gate):
+    r = nnx.Rngs(0)
+    layers = [Widen(2, 3, r), Widen(3, 5, r), Normed(5), Widen(5, 6, r)]
+    x = rand(3, (4, 2))
+    stack = nn.LayerStack.of(layers)
+    h0 = layers[0](x, scale=2.0)
+    full = nnx.jit(lambda s, x, d: s(x, depth=d, gate=gate, scale=2.0))
+    # depth 1: layer 1 runs, the others are their skips (a BatchNorm past the depth: the identity)
+    np.testing.assert_allclose(full(stack, x, jnp.int32(1)), jnp.pad(h0, ((0, 0), (0, 3))), **TOL)
+    h = layers[1](h0, scale=2.0)
+    np.testing.assert_allclose(full(stack, x, jnp.int32(2)), jnp.pad(h, ((0, 0), (0, 1))), **TOL)
+    assert stack.layers[2].bn.count[...] == 0  # the skipped BatchNorm kept its statistics
+    full(stack, x, jnp.int32(4))
+    assert stack.layers[2].bn.count[...] == 1
+    with pytest.raises(ValueError, match="gate must be one of \\('cond', 'select'\\), got 'where'"):
+        stack(x, depth=2, gate="where")
+
+
 def test_layer_stack_hook_sees_every_executed_layer():
     stack = nn.LayerStack(Scale, 4, rngs=nnx.Rngs(0))
 

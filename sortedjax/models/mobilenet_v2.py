@@ -12,12 +12,13 @@ Sub-models (a :class:`SubModel`, sizes may be traced, one compiled program serve
   ``ceil(C k / width_levels)`` (:mod:`sortedjax.models.cnn_common`);
 * ``depth`` = the number of blocks run, ``1..17``. A block past the depth is replaced by the
   parameter-free shortcut (identity, or stride + zero channels where the block changes the
-  shape: He et al.'s option A). ``depth_skip="cond"`` chooses by ``nnx.cond`` on the traced depth,
-  so XLA executes only the taken branch; ``"select"`` runs the block and keeps its output or the
-  shortcut with ``jnp.where`` (the default: no work skipped, yet the sampled training step is
-  faster than with the conds on the CPU and on an H200, see :data:`DEPTH_SKIP`). (``nn.LayerStack``'s gate can only
-  skip shape-keeping layers, and five of these blocks change the shape; see the report.) Fig 4.2
-  uses the 16 depths 2..17 (the first block, the only one without expansion, always runs).
+  shape: He et al.'s option A, the block's ``skip``). The blocks run in :class:`sortedjax.nn.LayerStack`
+  (``LayerStack.of``: unrolled, as their shapes differ). ``depth_skip="cond"`` gates each block by
+  a ``lax.cond`` on the traced depth, so XLA executes only the taken branch; ``"select"`` runs the
+  block and keeps its output or the shortcut with ``jnp.where`` (the default: no work skipped, yet
+  the sampled training step is faster than with the conds on the CPU and on an H200, see
+  :data:`DEPTH_SKIP`). Fig 4.2 uses the 16 depths 2..17 (the first block, the only one without
+  expansion, always runs).
 
 :func:`sortedjax.models.cnn_common.extract_cnn` cuts any sub-model out as a smaller
 ``MobileNetV2`` (fewer blocks, fewer channels) that computes the same logits.
@@ -51,7 +52,7 @@ CIFAR_STAGES = (
 # branch; "select": every block runs and jnp.where keeps the block's output or the shortcut (no work
 # skipped). Measured train steps (benchmarks/submodel_step.py --model cnn, results/submodel_step_cnn*.json),
 # step time over a plain full-model step, sampled sub-model (depth 2..17, width 1..10) / depth 2:
-#   2-core CPU, width 0.25, 16x16, batch 32:  cond 5.53x / 1.90x, select 1.02x / 1.02x
+#   2-core CPU, width 0.25, 16x16, batch 32:  cond 4.69x / 1.92x, select 1.02x / 1.01x
 #   H200 (jax 0.11.2), width 1.4, 32x32, batch 128:  cond 1.37x / 0.80x, select 1.23x / 0.95x
 # The sampled step, the one training runs, is faster with select on both, so it is the default.
 DEPTH_SKIP = ("select", "cond")
@@ -159,17 +160,6 @@ class InvertedResidual(nnx.Module):
         return cc.pad_shortcut(x, self.cout, self.stride)
 
 
-def _select(run, block, x, width):
-    """``block(x)`` where ``run`` else its shortcut, both computed; a block that does not run keeps
-    its BatchNorm statistics (the update of the computed-but-discarded pass is undone)."""
-    stats = jax.tree.map(lambda a: a, nnx.state(block, nnx.BatchStat))  # values now, not live Variables
-    y = block(x, width=width)
-    if jax.tree.leaves(stats):
-        new = nnx.state(block, nnx.BatchStat)
-        nnx.update(block, jax.tree.map(lambda a, b: jnp.where(run, a, b), new, stats))
-    return jnp.where(run, y, block.skip(x, width=width))
-
-
 class MobileNetV2(nnx.Module):
     def __init__(self, cfg: MobileNetV2Config, *, rngs: nnx.Rngs):
         self.cfg = cfg
@@ -179,7 +169,7 @@ class MobileNetV2(nnx.Module):
         for spec in cfg.blocks:
             blocks.append(InvertedResidual(cin, spec, cfg, rngs=rngs))
             cin = spec[1]
-        self.blocks = nnx.List(blocks)
+        self.blocks = nn.LayerStack.of(blocks)
         self.head = cc.conv(cin, cfg.last, 1, rngs=rngs)
         self.head_norm = cc.make_norm(cfg.norm, cfg.last, cfg.width_levels)
         self.classifier = nn.Linear(cfg.last, cfg.num_classes, names=(cc.axis(cfg.last), "classes"), rngs=rngs)
@@ -197,13 +187,7 @@ class MobileNetV2(nnx.Module):
         w, levels = sub.width, self.cfg.width_levels
         ks = cc.kept(self.cfg.stem, w, levels)
         h = jax.nn.relu6(self.stem_norm(self.stem(x_BxHxWxC, out_size=ks), size=ks))
-        for i, block in enumerate(self.blocks):
-            if sub.depth is None or i == 0:  # depth >= 1: the first block always runs
-                h = block(h, width=w)
-            elif self.cfg.depth_skip == "cond":
-                h = nnx.cond(i < sub.depth, lambda b, x: b(x, width=w), lambda b, x: b.skip(x, width=w), block, h)
-            else:
-                h = _select(i < sub.depth, block, h, w)
+        h = self.blocks(h, depth=sub.depth, gate=self.cfg.depth_skip, width=w)  # depth >= 1: block 1 always runs
         if self.cfg.tail_stride > 1:
             h = h[:, :: self.cfg.tail_stride, :: self.cfg.tail_stride, :]
         kl = cc.kept(self.cfg.last, w, levels)
@@ -219,7 +203,7 @@ class MobileNetV2(nnx.Module):
         kp = lambda c: cc.kept(c, k, levels)  # noqa: E731
         hh, ww = image
         out = [(hh, ww, 3, 3, self.cfg.in_channels, kp(self.cfg.stem))]
-        for i, b in enumerate(self.blocks):
+        for i, b in enumerate(self.blocks.layers):
             s = b.stride
             if i >= depth:
                 hh, ww = -(-hh // s), -(-ww // s)
@@ -230,7 +214,7 @@ class MobileNetV2(nnx.Module):
             out.append((hh, ww, 3, 3, 1, kp(b.hidden)))
             out.append((hh, ww, 1, 1, kp(b.hidden), kp(b.cout)))
         hh, ww = -(-hh // self.cfg.tail_stride), -(-ww // self.cfg.tail_stride)
-        cin = self.blocks[min(depth, len(self.blocks)) - 1].cout
+        cin = self.blocks.layers[min(depth, self.blocks.num_layers) - 1].cout
         out.append((hh, ww, 1, 1, kp(cin), kp(self.cfg.last)))
         out.append((1, 1, 1, 1, kp(self.cfg.last), self.cfg.num_classes))
         return out
@@ -265,7 +249,8 @@ class MobileNetV2(nnx.Module):
     def extract_params(self, params, sizes):
         params = cc.private_rows(params, self, sizes)
         depth = sizes.get("depth", len(self.cfg.blocks))
-        params["blocks"] = {i: p for i, p in params["blocks"].items() if int(i) < depth}
+        layers = params["blocks"]["layers"]
+        params["blocks"]["layers"] = {i: p for i, p in layers.items() if int(i) < depth}
         cin = cc.kept(self.cfg.blocks[depth - 1][1], sizes.get("width", self.cfg.width_levels), self.cfg.width_levels)
         params["head"]["kernel"] = params["head"]["kernel"][:, :, :cin, :]
         return params

@@ -8,8 +8,13 @@ cost (almost) nothing and one compiled program serves every depth. Layers of dif
 shapes (CNN stages) go in ``LayerStack.of([...])`` and are unrolled with the same gating.
 
 A layer is called as ``layer(h, **kwargs) -> h``, or, with a cache,
-``layer(h, cache=cache, layer=i, **kwargs) -> (h, cache)``. Non-parameter state that a layer
-updates (BatchNorm statistics) is written back. ``remat`` picks a ``jax.checkpoint`` policy
+``layer(h, cache=cache, layer=i, **kwargs) -> (h, cache)``. A skipped layer is the identity, or
+``layer.skip(h, **kwargs)`` where the layer defines it (a parameter-free shortcut for a layer
+that changes the shape, as MobileNetV2's strided blocks do). Non-parameter state that a layer
+updates (BatchNorm statistics) is written back; a skipped layer keeps it. ``gate="select"``
+runs every layer and keeps its output or the skip with ``jnp.where`` instead of a ``lax.cond``
+(no work saved, but under ``grad`` on the CPU the conds of a deep CNN cost more than the work
+they skip; :mod:`sortedjax.models.mobilenet_v2`). ``remat`` picks a ``jax.checkpoint`` policy
 per layer (:data:`REMAT_POLICIES`).
 """
 
@@ -31,6 +36,8 @@ REMAT_POLICIES: dict[str, Any] = {
 }
 
 Hook = Callable[[jax.Array, jax.Array, jax.Array, Any], tuple[jax.Array, Any]]
+
+GATES = ("cond", "select")  # how a layer past the depth (or before first_layer) is skipped
 
 
 def check_remat(remat: str) -> str:
@@ -92,6 +99,7 @@ class LayerStack(nnx.Module):
         cache=None,
         hook: Hook | None = None,
         hook_state=None,
+        gate: str = "cond",
         **kwargs,
     ):
         """Run ``x`` through layers ``first_layer..depth-1`` (``None``: from 0 / through all).
@@ -106,11 +114,15 @@ class LayerStack(nnx.Module):
             leave it untouched.
           hook: ``hook(i, h_in, h_out, hook_state) -> (h, hook_state)`` after each executed
             layer (per-row early exit uses it).
-          kwargs: passed to every layer.
+          gate: ``"cond"`` (``lax.cond`` per layer: a skipped layer costs nothing) or
+            ``"select"`` (every layer runs, ``jnp.where`` keeps its output or the skip).
+          kwargs: passed to every layer (and to its ``skip``).
 
         Returns ``h``, then ``states_E`` if ``exits`` is given, ``cache`` if given, and
         ``hook_state`` if a hook is given, as a tuple when more than ``h``.
         """
+        if gate not in GATES:
+            raise ValueError(f"LayerStack gate must be one of {GATES}, got {gate!r}")
         self.check_depth(depth)
         depth_ = jnp.asarray(self.num_layers if depth is None else depth, jnp.int32)
         first_ = jnp.asarray(0 if first_layer is None else first_layer, jnp.int32)
@@ -137,11 +149,21 @@ class LayerStack(nnx.Module):
             if policy is not None:
                 run = jax.checkpoint(run, policy=policy)
 
-            def step(carry, p, o, i):
+            def skip(p, o, i, h, cache, hs):
+                layer = nnx.merge(graphdef, p, o)
+                return (layer.skip(h, **kwargs) if hasattr(layer, "skip") else h), cache, hs, o
+
+            def step(carry, p, o, i, always=depth is None and first_layer is None):
                 h, buf, cache, hs = carry
-                h, cache, hs, o = lax.cond(
-                    (i >= first_) & (i < depth_), run, lambda p, o, i, h, c, s: (h, c, s, o), p, o, i, h, cache, hs
-                )
+                on = (i >= first_) & (i < depth_)
+                if always:  # known to run (no depth or first layer, or the first layer): no gate
+                    h, cache, hs, o = run(p, o, i, h, cache, hs)
+                elif gate == "cond":
+                    h, cache, hs, o = lax.cond(on, run, skip, p, o, i, h, cache, hs)
+                else:  # both computed; a skipped layer's output and state updates are dropped
+                    kept = skip(p, jax.tree.map(lambda a: a, o), i, h, cache, hs)  # values now: run updates o
+                    taken = run(p, o, i, h, cache, hs)
+                    h, cache, hs, o = jax.tree.map(lambda a, b: jnp.where(on, a, b), taken, kept)
                 if collect:  # write only the slot of a hit exit (no E x ... broadcast select per layer)
                     hit = exits_E == i + 1
                     buf = lax.cond(
@@ -151,7 +173,8 @@ class LayerStack(nnx.Module):
 
             return step
 
-        if cache is not None and self.stacked and not collect:  # decoding: loop over exactly the run layers
+        if cache is not None and self.stacked and not collect and not hasattr(self.layers, "skip"):
+            # decoding: loop over exactly the run layers
             graphdef, params, other = nnx.split(self.layers, nnx.Param, ...)
             if not jax.tree.leaves(other):
                 return self._run_cached(graphdef, params, first_, depth_, x, cache, hook, hook_state, kwargs)
@@ -166,7 +189,8 @@ class LayerStack(nnx.Module):
         else:
             for i, layer in enumerate(self.layers):
                 graphdef, params, other = nnx.split(layer, nnx.Param, ...)
-                carry, new_other = make_step(graphdef)(carry, params, other, jnp.int32(i))
+                always = first_layer is None and (depth is None or i == 0)  # depth >= 1: layer 1 runs
+                carry, new_other = make_step(graphdef)(carry, params, other, jnp.int32(i), always)
                 if jax.tree.leaves(other):
                     nnx.update(layer, new_other)
         h, buf, cache, hook_state = carry
