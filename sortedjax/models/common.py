@@ -86,6 +86,29 @@ def sizes(sub: SubModel | None, exit_layer, limits, model: nnx.Module | None = N
     return depth, dict(width=sub.width, heads=sub.heads, rank=sub.rank)
 
 
+def run_cached(
+    layers, x, n_tokens: int, cache, depth, kw: dict, *, start, start_layer, hook, hook_state, kv_only, **extra
+):
+    """The body of a decoder's ``forward_cached`` (the protocol): ``x`` (the embedded ``n_tokens``
+    new tokens, or the given hidden state) through ``layers`` (a :class:`sortedjax.nn.LayerStack`)
+    with the cache, a query attending to the valid slots up to its own; ``kw`` the layer sizes of
+    :func:`sizes`, ``extra`` what the model's layers take besides (RoPE positions)."""
+    if kv_only:
+        kw = {**kw, "kv_only": True}
+    return layers(
+        x,
+        depth=depth,
+        first_layer=start_layer,
+        cache=cache,
+        hook=hook,
+        hook_state=hook_state,
+        mask=cache.attention_mask(start, n_tokens),
+        start=start,
+        **extra,
+        **kw,
+    )
+
+
 def param_shapes(make_model) -> dict:
     """``{path: shape}`` tree of the ``nnx.Param`` state of ``make_model()`` (built abstractly)."""
     abstract = nnx.eval_shape(make_model)

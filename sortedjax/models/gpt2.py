@@ -157,19 +157,18 @@ class GPT2(nnx.Module):
         ``positions_BxT`` index the learned position table."""
         depth, kw = common.sizes(sub, exit_layer, self.limits, self)
         x = self._embed(tokens_BxT, positions_BxT, kw["width"]) if h_BxTxD is None else h_BxTxD
-        mask = cache.attention_mask(start, tokens_BxT.shape[1])
-        if kv_only:
-            kw["kv_only"] = True
-        return self.layers(
+        return common.run_cached(
+            self.layers,
             x,
-            depth=depth,
-            first_layer=start_layer,
-            cache=cache,
+            tokens_BxT.shape[1],
+            cache,
+            depth,
+            kw,
+            start=start,
+            start_layer=start_layer,
             hook=hook,
             hook_state=hook_state,
-            mask=mask,
-            start=start,
-            **kw,
+            kv_only=kv_only,
         )
 
     # -- extraction (sortedjax.extract) -------------------------------------------------------

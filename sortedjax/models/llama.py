@@ -236,20 +236,19 @@ class Llama(nnx.Module):
         """
         depth, kw = self._sizes(sub, exit_layer)
         x = self.embed(tokens_BxT) if h_BxTxD is None else h_BxTxD
-        mask = cache.attention_mask(start, tokens_BxT.shape[1])
-        if kv_only:
-            kw["kv_only"] = True
-        return self.layers(
+        return common.run_cached(
+            self.layers,
             x,
-            depth=depth,
-            first_layer=start_layer,
-            cache=cache,
+            tokens_BxT.shape[1],
+            cache,
+            depth,
+            kw,
+            start=start,
+            start_layer=start_layer,
             hook=hook,
             hook_state=hook_state,
-            mask=mask,
+            kv_only=kv_only,
             positions=positions_BxT,
-            start=start,
-            **kw,
         )
 
     # -- extraction (sortedjax.extract) -------------------------------------------------------
