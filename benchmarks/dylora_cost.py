@@ -42,7 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import bench_timing  # noqa: E402 (benchmarks/ is on sys.path)
 
-from sortedjax import lora  # noqa: E402
+from sortedjax import peft as lora  # noqa: E402
 from sortedjax.models import encoder  # noqa: E402
 from sortedjax.submodel import Pool, SubModel  # noqa: E402
 from sortedjax.train import TrainConfig, make_optimizer  # noqa: E402

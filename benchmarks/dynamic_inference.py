@@ -44,7 +44,8 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from sortedjax import decoding, evaluation  # noqa: E402
+from sortedjax import decoding  # noqa: E402
+from sortedjax.metrics import evaluation
 from sortedjax.models import llama  # noqa: E402
 
 

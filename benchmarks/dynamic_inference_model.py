@@ -1,6 +1,6 @@
 """The benchmark models of ``benchmarks/dynamic_inference.py``: LLaMA-architecture models briefly
-SoFT-trained (mean of the exit losses through the shared head, :mod:`sortedjax.soft`) as language
-models on the built-in task's generated text (:func:`sortedjax.instruct_task.builtin_corpus`), so
+SoFT-trained (mean of the exit losses through the shared head, :mod:`sortedjax.methods.soft`) as language
+models on the built-in task's generated text (:func:`sortedjax.data.instruct.task.builtin_corpus`), so
 that their early exits agree with the last layer the way a SoFT model's do.
 
 The trained weights are cached as a Hugging Face checkpoint in ``CACHE/<name>-<key>/hf`` (``CACHE``: ``$SORTEDJAX_CACHE/dynamic_inference``, default
@@ -20,9 +20,9 @@ import os
 
 import numpy as np
 
-from sortedjax import instruct_encode as ienc
-from sortedjax import instruct_task as itask
-from sortedjax import soft
+from sortedjax.data.instruct import encode as ienc
+from sortedjax.data.instruct import task as itask
+from sortedjax.methods import soft
 from sortedjax.models import llama
 
 # outside the repository: model (b) is ~300 MB
@@ -118,9 +118,9 @@ def load_or_train(name: str, spec: BenchModel, *, cache: str = CACHE, retrain: b
     """(model, tokenizer, held-out documents, training record): trained once per ``spec``, then cached."""
     from flax import nnx
 
-    from sortedjax.batches import ArrayBatches
     from sortedjax.train import train
-    from sortedjax.train_config import TrainConfig
+    from sortedjax.train.batches import ArrayBatches
+    from sortedjax.train.config import TrainConfig
 
     tok, corpus, held_out = task_text(spec)
     root = os.path.join(cache, f"{name}-{spec.key()}")

@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import bench_timing  # noqa: E402 (benchmarks/ is on sys.path)
 
-from sortedjax import soft  # noqa: E402
+from sortedjax.methods import soft  # noqa: E402
 from sortedjax.models import llama  # noqa: E402
 from sortedjax.train import TrainConfig, make_optimizer  # noqa: E402
 

@@ -45,7 +45,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from sortedjax import objectives
+from sortedjax.methods import objectives
 from sortedjax.models.mlp import MLPConfig, SortedMLP
 from sortedjax.submodel import Dim, Pool, SubModel
 from sortedjax.train import make_train_step

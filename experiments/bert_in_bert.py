@@ -43,8 +43,13 @@ import sys
 
 import numpy as np
 
-from experiments import flags
-from experiments import sortednet_glue as glue
+import experiments.sortednet_glue as glue
+from experiments.common import flags
+from sortedjax import extract, hf
+from sortedjax.data import nlu
+from sortedjax.data.nlu import pretrain as nlu_pretrain
+from sortedjax.models import encoder
+from sortedjax.submodel import Pool, SubModel, check_sizes
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -74,7 +79,6 @@ class BertInBertExperiment:
     )
 
     def __post_init__(self):
-        from sortedjax import nlu
 
         nlu.task_spec(self.task)
         for f in ("steps", "batch_size", "g_acc", "max_len", "n_train", "n_eval"):
@@ -93,7 +97,6 @@ def parse_args(argv=None) -> BertInBertExperiment:
 def inner_sizes(cfg: BertInBertExperiment, model) -> dict[str, int]:
     """The inner model's ``{depth, width, heads}``, checked to be a BERT transformers can load
     (width = heads x the large model's head_dim) and to fit inside the large model."""
-    from sortedjax.submodel import check_sizes
 
     lim = model.limits
     d, w, h = cfg.inner or (max(lim["depth"] // 2, 1), lim["width"] // 2, max(lim["heads"] // 2, 1))
@@ -109,7 +112,6 @@ def inner_sizes(cfg: BertInBertExperiment, model) -> dict[str, int]:
 
 
 def large_checkpoint(cfg: BertInBertExperiment) -> str:
-    from sortedjax import nlu_pretrain
 
     if cfg.model is not None:
         return cfg.model
@@ -130,9 +132,6 @@ def export_inner(model, sizes: dict, tok, arrays: dict, spec, out_dir: str) -> d
     import torch
     import transformers
 
-    from sortedjax import nlu
-    from sortedjax.models import encoder
-    from sortedjax.submodel import SubModel
 
     sub = SubModel.of(**sizes)
     encoder.save_pretrained(model, out_dir, sub=sub)
@@ -159,9 +158,6 @@ def export_inner(model, sizes: dict, tok, arrays: dict, spec, out_dir: str) -> d
 
 
 def run(cfg: BertInBertExperiment) -> dict:
-    from sortedjax import extract, hf, nlu
-    from sortedjax.models import encoder
-    from sortedjax.submodel import Pool, SubModel
 
     os.makedirs(cfg.workdir, exist_ok=True)
     large = large_checkpoint(cfg)

@@ -22,7 +22,10 @@ import dataclasses
 import os
 import sys
 
-from experiments import flags
+from experiments.common import flags
+from sortedjax import hf
+from sortedjax.models import llama
+from sortedjax.submodel import SubModel
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -62,9 +65,6 @@ class ExportConfig:
 
 
 def export(cfg: ExportConfig) -> str:
-    from sortedjax import hf
-    from sortedjax.models import llama
-    from sortedjax.submodel import SubModel
 
     if not os.path.exists(os.path.join(cfg.source, "config.json")):
         have = (

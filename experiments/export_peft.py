@@ -1,7 +1,7 @@
 """Write the adapters of a trained DyLoRA (or LoRA) run at one rank as a Hugging Face PEFT LoRA adapter.
 
 Run (after a run that trained an adapted BERT / RoBERTa / LLaMA / GPT-2 with ``sortedjax.train`` and
-recorded it with ``sortedjax.lora_runs.write_run_info``, e.g. one run of ``python -m experiments.dylora``)::
+recorded it with ``sortedjax.peft.runs.write_run_info``, e.g. one run of ``python -m experiments.dylora``)::
 
     python -m experiments.export_peft --workdir runs/dylora/dylora --rank 4 --out runs/dylora/peft_r4
 
@@ -25,7 +25,9 @@ import dataclasses
 import json
 import sys
 
-from experiments import flags
+from experiments.common import flags
+from sortedjax import peft as lora
+from sortedjax.peft import runs as lora_runs
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -52,7 +54,6 @@ class ExportPeftConfig:
 
 def export(cfg: ExportPeftConfig) -> tuple[str, dict, int]:
     """Write the adapter; returns ``(out, adapter_config, step)``."""
-    from sortedjax import lora, lora_runs
 
     model, info, step = lora_runs.restore_run(cfg.workdir)
     base = cfg.base_model if cfg.base_model is not None else info.get("base_model_name_or_path")

@@ -36,9 +36,9 @@ import json
 import sys
 import time
 
-from experiments import flags
-from sortedjax import memory
+from experiments.common import flags
 from sortedjax import sharding as shd
+from sortedjax.planning import memory, plan
 
 REMATS = ("search", "none", "dots_no_batch", "dots", "full")
 THESIS_SOFT_OVER_SFT = 125.7 / 99.2  # LLaMA-2 13B on 8 V100-32GB, total memory
@@ -102,7 +102,6 @@ def fits_table(total: int) -> str:
 
 def run(cfg: PlanExperiment) -> dict:
     mesh = shd.make_mesh(cfg.mesh)  # before any JAX work: simulated CPU devices
-    from sortedjax import plan
 
     t0 = time.time()
     mcfg = plan.model_config(cfg.model, dtype=cfg.dtype)

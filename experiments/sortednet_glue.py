@@ -17,7 +17,7 @@ What it does: builds or reuses a small BERT pre-trained here by masked LM on gen
 the one shared classifier; ``--objective`` picks Algorithm 2's variant, ``--g-acc`` its gradient
 accumulation). Both are then scored at every depth (the first ``n`` layers + the classifier).
 ``--retune-steps N`` also re-tunes a private classifier per depth of the sorted model (thesis
-C.4.4). The offline tasks are generated (:mod:`sortedjax.nlu_tasks`: polarity, negation, overlap,
+C.4.4). The offline tasks are generated (:mod:`sortedjax.data.nlu.tasks`: polarity, negation, overlap,
 binding); GLUE configs load through ``datasets`` (``--data``: a hub name or a local file).
 
 Output: the per-layer table (Table 4.3; mean over seeds, +- std with several), ``results.json``
@@ -48,8 +48,16 @@ import sys
 
 import numpy as np
 
-from experiments import flags
-from experiments.results import run_once
+from experiments.common import flags
+from experiments.common.results import run_once
+from sortedjax import hf
+from sortedjax.data import nlu
+from sortedjax.data.nlu import pretrain as nlu_pretrain
+from sortedjax.data.nlu import tasks as nlu_tasks
+from sortedjax.methods import objectives, retune
+from sortedjax.models import encoder
+from sortedjax.submodel import Dim, Pool, SubModel
+from sortedjax.train import ArrayBatches, TrainConfig, train
 
 OBJECTIVE_CHOICES = ("stochastic", "stochastic_summation", "summation")
 
@@ -88,7 +96,6 @@ class SortedGlueExperiment:
     )
 
     def __post_init__(self):
-        from sortedjax import nlu
 
         if not self.tasks:
             raise ValueError("tasks must name at least one task")
@@ -112,7 +119,6 @@ def parse_args(argv=None) -> SortedGlueExperiment:
 
 # -- pieces bert_in_bert shares ------------------------------------------------------------------
 def train_config(cfg, workdir: str, seed: int, desc: str, steps: int | None = None):
-    from sortedjax.train import TrainConfig
 
     steps = cfg.steps if steps is None else steps
     return TrainConfig.finetune(
@@ -122,7 +128,6 @@ def train_config(cfg, workdir: str, seed: int, desc: str, steps: int | None = No
 
 def load_task(cfg, task: str, tok, seed: int):
     """``(spec, train arrays, eval arrays)`` of ``task``."""
-    from sortedjax import nlu, nlu_tasks
 
     spec = nlu.task_spec(task)
     if task in nlu.GLUE:
@@ -136,8 +141,6 @@ def load_task(cfg, task: str, tok, seed: int):
 def fine_tune(model, pool, objective: str, arrays: dict, tcfg, *, batch_size: int, run_config: dict):
     """Fine-tune ``model`` on ``arrays``: the full model when ``pool`` is None, else SortedNet
     ``objective`` over ``pool``. ``data(step)`` holds ``tcfg.grad_accum`` mini-batches."""
-    from sortedjax import nlu, objectives
-    from sortedjax.train import ArrayBatches, train
 
     n = len(arrays["ids"])
     bs = min(batch_size, n // tcfg.grad_accum) * tcfg.grad_accum
@@ -154,7 +157,6 @@ def fine_tune(model, pool, objective: str, arrays: dict, tcfg, *, batch_size: in
 
 def base_checkpoint(cfg) -> str:
     """``cfg.model`` or the small BERT pre-trained here (built once in ``WORKDIR/base/hf``)."""
-    from sortedjax import nlu_pretrain
 
     if cfg.model is not None:
         return cfg.model
@@ -165,8 +167,6 @@ def base_checkpoint(cfg) -> str:
 # -- the experiment ------------------------------------------------------------------------------
 def scores_by_depth(model, arrays, spec, depths, heads: dict | None = None) -> dict[str, float]:
     """``{depth: score}``; ``heads[depth]`` (re-tuned models) replaces ``model`` at that depth."""
-    from sortedjax import nlu
-    from sortedjax.submodel import SubModel
 
     out = {}
     for d in depths:
@@ -176,10 +176,6 @@ def scores_by_depth(model, arrays, spec, depths, heads: dict | None = None) -> d
 
 
 def run_task(cfg: SortedGlueExperiment, base: str, tok, task: str, seed: int) -> dict:
-    from sortedjax import nlu, retune
-    from sortedjax.models import encoder
-    from sortedjax.submodel import Dim, Pool
-    from sortedjax.train import ArrayBatches
 
     spec, train_arrays, eval_arrays = load_task(cfg, task, tok, seed)
     out = {}
@@ -286,7 +282,6 @@ def figure(cfg: SortedGlueExperiment, summary: dict, path: str) -> None:
 
 
 def run(cfg: SortedGlueExperiment) -> dict:
-    from sortedjax import hf
 
     os.makedirs(cfg.workdir, exist_ok=True)
     base = base_checkpoint(cfg)

@@ -29,8 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from experiments import flags
-from sortedjax import objectives
+from experiments.common import flags
+from sortedjax.methods import objectives
 from sortedjax.models.mlp import MLPConfig, SortedMLP
 from sortedjax.submodel import Dim, Pool
 from sortedjax.train import ArrayBatches, TrainConfig, train

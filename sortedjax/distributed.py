@@ -14,6 +14,9 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+import sortedjax.sharding as sharding
+from sortedjax.train import runstate
+
 
 def initialize(
     coordinator: str | None = None,
@@ -26,7 +29,6 @@ def initialize(
 
     ``cpu_devices``: simulated CPU devices for this process (CPU only; must run before any JAX work).
     """
-    from sortedjax import sharding
 
     if sharding._backends_started():
         raise ValueError(
@@ -56,7 +58,6 @@ def is_main() -> bool:
 
 def sync(name: str) -> None:
     """A barrier of every process (nothing with one process)."""
-    from sortedjax import runstate  # orbax is imported only where checkpoints are
 
     runstate.sync(name)
 

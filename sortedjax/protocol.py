@@ -1,5 +1,5 @@
-"""The model protocol that :mod:`sortedjax.soft`, :mod:`sortedjax.decoding` and
-:mod:`sortedjax.analysis` rely on. Any model that implements it (built from
+"""The model protocol that :mod:`sortedjax.methods.soft`, :mod:`sortedjax.decoding` and
+:mod:`sortedjax.metrics.analysis` rely on. Any model that implements it (built from
 :mod:`sortedjax.nn`, or not) gets SoFT training, exit analysis, early-exit and
 self-speculative decoding, and extraction.
 
@@ -10,6 +10,7 @@ counts. Every method may be called inside ``jax.jit`` with traced sizes.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -17,6 +18,22 @@ import jax
 
 from sortedjax.nn import KVCache
 from sortedjax.submodel import SubModel
+
+
+@dataclasses.dataclass(frozen=True)
+class HFDescriptor:
+    """How a model's Linears are named in its Hugging Face checkpoint (what PEFT adapters target).
+
+    ``architecture``: ``"llama"``, ``"bert"``, ``"roberta"``, ``"gpt2"``; ``layer_prefix``: the HF
+    name of layer ``N`` is ``f"{layer_prefix}{N}."``; ``layer_linears``: our per-layer Linear paths
+    (inside the layer stack; several for a fused HF module, in its output order) -> the HF module
+    suffix; ``heads``: our top-level Linear (outside the stack) -> its HF module name.
+    """
+
+    architecture: str
+    layer_prefix: str
+    layer_linears: Mapping[tuple[tuple[str, ...], ...], str]
+    heads: Mapping[str, str]
 
 
 @runtime_checkable

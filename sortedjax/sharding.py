@@ -16,6 +16,8 @@ Mesh spec grammar (the ``--mesh`` flag of every experiment):
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import math
 import os
 import warnings
@@ -147,7 +149,6 @@ def ensure_devices(n: int) -> None:
 
 def _accelerator_installed() -> bool:
     """Whether a TPU / GPU plugin for JAX is installed (checked without starting a backend)."""
-    import importlib.util
 
     return any(importlib.util.find_spec(m) is not None for m in ACCELERATOR_MODULES)
 
@@ -255,7 +256,7 @@ def host_batch(data, step: int, mesh: Mesh | None):
 
     One process: :func:`shard_batch`. Several: each process builds only its own rows
     (``data(step, rows=slice)`` when ``data`` has a ``batch_size`` and takes ``rows``, e.g.
-    :class:`sortedjax.batches.ArrayBatches`; otherwise it slices its rows out of ``data(step)``)
+    :class:`sortedjax.train.batches.ArrayBatches`; otherwise it slices its rows out of ``data(step)``)
     and ``jax.make_array_from_process_local_data`` assembles the global batch.
     """
     if mesh is None or jax.process_count() == 1:
@@ -280,7 +281,6 @@ def host_batch(data, step: int, mesh: Mesh | None):
 
 def use_mesh(mesh: Mesh | None):
     """``jax.set_mesh(mesh)`` (what :func:`constrain` reads), or nothing without a mesh."""
-    import contextlib
 
     return contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh)
 

@@ -2,6 +2,7 @@
 
 Imports are lazy so that ``python -m symreg.generate`` (and its worker processes) do not
 start JAX."""
+import importlib
 
 _LAZY = {
     "SymbolicGPTRegressor": "symreg.regressor",
@@ -20,7 +21,6 @@ __all__ = sorted(_LAZY)
 
 def __getattr__(name):
     if name in _LAZY:
-        import importlib
 
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'symreg' has no attribute {name!r}")

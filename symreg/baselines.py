@@ -27,7 +27,8 @@ import time
 import numpy as np
 import sympy
 
-from symreg import expressions, fit
+import symreg.expressions as expressions
+import symreg.fit as fit
 
 
 class _Timed:

@@ -23,7 +23,7 @@ import re
 import numpy as np
 import sympy
 
-from symreg import expressions
+import symreg.expressions as expressions
 
 FEYNMAN_POINTS = 500
 DATA_FILE = os.path.join(os.path.dirname(__file__), "data", "nguyen_feynman.csv")

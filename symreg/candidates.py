@@ -11,7 +11,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from symreg import expressions
+import symreg.expressions as expressions
 
 
 @runtime_checkable

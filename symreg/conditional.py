@@ -39,7 +39,9 @@ import optax
 from flax import nnx
 
 from sortedjax import nn
+from sortedjax.train import array_fingerprint, train
 from symreg.model import ModelConfig, SymbolicGPT, fan_in_init
+from symreg.train import LengthBuckets
 
 FUNCTIONS = ("sin", "cos", "exp", "log", "sqrt", "asin")
 CONTROL_FEATURES = FUNCTIONS + ("pow", "div", "const") + tuple(f"x{i}" for i in range(1, 10))
@@ -165,8 +167,6 @@ def train_conditional(
     model_cfg: ModelConfig, arrays: dict, train_cfg, *, batch_size: int, p_hide=0.5, p_neutral=0.25, restart=False
 ):
     """Train a fresh C-SymbolicGPT on ``arrays`` (with ``"control"``); returns the TrainResult."""
-    from sortedjax.train import array_fingerprint, train
-    from symreg.train import LengthBuckets
 
     if "control" not in arrays:
         raise ValueError("arrays need a 'control' entry; build them with add_controls(arrays, skeletons)")

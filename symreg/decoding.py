@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +24,9 @@ import numpy as np
 from flax import nnx
 
 from sortedjax.sampling import sample
+from symreg.checkpoint import load_pretrained
 from symreg.model import SymbolicGPT, init_cache, make_points
+from symreg.tokenizer import SkeletonTokenizer
 
 METHODS = ("top_k", "top_p", "greedy")
 
@@ -158,10 +161,7 @@ class NeuralCandidateSource:
     def from_pretrained(cls, workdir: str, n_samples: int | None = None, seed: int = 0, **kwargs):
         """The source for the model saved in ``workdir`` (or ``workdir/model``) by training,
         with the sampling settings and sample count stored next to it unless overridden."""
-        import os
 
-        from symreg.model import load_pretrained
-        from symreg.tokenizer import SkeletonTokenizer
 
         path = os.path.join(workdir, "model")
         path = path if os.path.exists(os.path.join(path, "config.json")) else workdir

@@ -46,7 +46,13 @@ import jax.numpy as jnp
 import numpy as np
 import sympy
 
-from symreg import cache, expressions, interpreter, metrics, program, scaling, solvers
+import symreg.cache as cache
+import symreg.expressions as expressions
+import symreg.interpreter as interpreter
+import symreg.metrics as metrics
+import symreg.program as program
+import symreg.scaling as scaling
+import symreg.solvers as solvers
 
 FAILED_MSE_N = 1e30
 R2_SLACK = 1e-6  # R^2 below -R2_SLACK (worse than the mean of y beyond rounding) is a failed fit

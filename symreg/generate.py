@@ -38,7 +38,7 @@ import os
 import numpy as np
 import sympy
 
-from symreg import expressions
+import symreg.expressions as expressions
 from symreg.tokenizer import SkeletonTokenizer
 
 SPLITS = {"train": 0, "valid": 1, "test": 2}

@@ -18,7 +18,7 @@ import functools
 import numpy as np
 import sympy
 
-from symreg import expressions
+import symreg.expressions as expressions
 
 OPS = (
     "id",

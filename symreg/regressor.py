@@ -30,8 +30,12 @@ import sympy
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from symreg import cache, expressions, fit, metrics
+import symreg.cache as cache
+import symreg.expressions as expressions
+import symreg.fit as fit
+import symreg.metrics as metrics
 from symreg.candidates import GeneratorCandidates
+from symreg.decoding import NeuralCandidateSource
 
 NO_SOURCE = (
     "SymbolicGPTRegressor has no candidate_source: load a trained model with "
@@ -68,7 +72,6 @@ class SymbolicGPTRegressor(RegressorMixin, BaseEstimator):
     def from_pretrained(cls, workdir: str, *, n_samples: int | None = None, seed: int = 0, **kwargs):
         """A regressor whose candidates are sampled from the SymbolicGPT trained in ``workdir``
         (``python -m experiments.symbolicgpt train --workdir DIR`` saves it in ``DIR/model``)."""
-        from symreg.decoding import NeuralCandidateSource
 
         cache.enable_compilation_cache()
         source = NeuralCandidateSource.from_pretrained(workdir, n_samples=n_samples, seed=seed)

@@ -28,7 +28,7 @@ import dataclasses
 import numpy as np
 import sympy
 
-from symreg import expressions
+import symreg.expressions as expressions
 
 MODES = ("auto", "always", "off")
 OFFSET = 10.0

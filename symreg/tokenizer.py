@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import string
 
+from symreg.expressions import parse_skeleton
+
 PAD, START, END = "<pad>", "<s>", "</s>"
 CONST = "C"
 CHARS = tuple(string.digits + string.ascii_lowercase + "CEI" + "+-*/^().,= ")
@@ -62,7 +64,6 @@ class SkeletonTokenizer:
     def is_valid(self, skeleton: str) -> bool:
         """True if the skeleton uses only vocabulary characters and sympy parses it into an
         expression in x1..x9 and C (no other free symbols)."""
-        from symreg.expressions import parse_skeleton  # local: keeps the tokenizer import light
 
         if not skeleton or any(ch not in self.stoi for ch in skeleton):
             return False

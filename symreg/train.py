@@ -17,6 +17,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from sortedjax.train import array_fingerprint, train
 from symreg.model import ModelConfig, SymbolicGPT, make_points
 
 
@@ -96,7 +97,6 @@ def train_symbolicgpt(
 ):
     """Train a fresh model (or resume the run in ``train_cfg.workdir``; ``restart``: start it over,
     moving the old run aside); returns the TrainResult."""
-    from sortedjax.train import array_fingerprint, train
 
     model = SymbolicGPT(model_cfg, rngs=nnx.Rngs(train_cfg.seed))
     data = LengthBuckets(arrays, batch_size, seed=train_cfg.seed, pad_id=model_cfg.pad_id)

@@ -38,7 +38,8 @@ def main() -> None:
     import numpy as np
     from flax import nnx
 
-    from sortedjax import sharding, soft
+    from sortedjax import sharding
+    from sortedjax.methods import soft
     from sortedjax.models.llama import Llama, LlamaConfig
     from sortedjax.train import ArrayBatches, TrainConfig, train
 

@@ -1,4 +1,4 @@
-"""Algorithm 1 (sortedjax.dylora): p_B, the shared per-step rank, frozen mode over several steps,
+"""Algorithm 1 (sortedjax.methods.dylora): p_B, the shared per-step rank, frozen mode over several steps,
 summation, evaluation at every rank, config checks."""
 
 import jax
@@ -8,8 +8,10 @@ import optax
 import pytest
 from flax import nnx
 
-from sortedjax import dylora, lora, nlu
-from sortedjax.dylora import DyLoRAConfig
+from sortedjax import peft as lora
+from sortedjax.data import nlu
+from sortedjax.methods import dylora
+from sortedjax.methods.dylora import DyLoRAConfig
 from sortedjax.models import encoder
 from sortedjax.submodel import SubModel
 from sortedjax.train import make_train_step

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from experiments import dylora as exp
-from experiments import dylora_report as report
 from experiments import export_peft
+from experiments.dylora import report
 
 
 def test_flag_errors_name_the_allowed_values(capsys):

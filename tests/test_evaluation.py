@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from sortedjax import evaluation as ev
+from sortedjax.metrics import evaluation as ev
 
 
 def test_exact_match_normalizes():

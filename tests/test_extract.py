@@ -13,8 +13,9 @@ import transformers
 from flax import nnx
 from test_llama import save_hf, torch_logits
 
-from sortedjax import nn, objectives
+from sortedjax import nn
 from sortedjax.extract import extract
+from sortedjax.methods import objectives
 from sortedjax.models import llama
 from sortedjax.submodel import Dim, Pool, SubModel, check_sizes
 

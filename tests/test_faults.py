@@ -118,7 +118,7 @@ def test_experiment_refuses_a_changed_configuration(tmp_path):
 def test_orbax_noise_is_dropped_but_real_warnings_stay(caplog):
     from absl import logging as absl_logging
 
-    from sortedjax.runstate import quiet_orbax as _quiet_orbax
+    from sortedjax.train.runstate import quiet_orbax as _quiet_orbax
 
     _quiet_orbax()
     with caplog.at_level(logging.WARNING):

@@ -1,11 +1,11 @@
-"""experiments.flags: one flag per config field, with its help, default and allowed values."""
+"""experiments.common.flags: one flag per config field, with its help, default and allowed values."""
 
 import dataclasses
 import importlib
 
 import pytest
 
-from experiments import flags
+from experiments.common import flags
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from sortedjax import instruct_data as idata
+from sortedjax.data import instruct as idata
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,8 @@ import optax
 import pytest
 from flax import nnx
 
-from sortedjax import lora, sharding
+from sortedjax import peft as lora
+from sortedjax import sharding
 from sortedjax.models import llama
 from sortedjax.models.mlp import MLPConfig, SortedMLP
 from sortedjax.submodel import Pool, SubModel

@@ -5,7 +5,8 @@ import optax
 import pytest
 from flax import nnx
 
-from sortedjax import lora, nn
+from sortedjax import nn
+from sortedjax import peft as lora
 from sortedjax.extract import extract
 from sortedjax.models.mlp import MLPConfig, SortedMLP
 from sortedjax.submodel import SubModel

@@ -7,7 +7,11 @@ import math
 import numpy as np
 import pytest
 
-from sortedjax import nlg_data, nlu, nlu_pretrain, nlu_tasks, text_metrics
+from sortedjax.data import nlg as nlg_data
+from sortedjax.data import nlu
+from sortedjax.data.nlu import pretrain as nlu_pretrain
+from sortedjax.data.nlu import tasks as nlu_tasks
+from sortedjax.metrics import text as text_metrics
 
 
 def test_metrics_hand_computed_and_sklearn():

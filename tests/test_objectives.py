@@ -10,7 +10,7 @@ import optax
 import pytest
 from flax import nnx
 
-from sortedjax import objectives, retune
+from sortedjax.methods import objectives, retune
 from sortedjax.models.mlp import MLPConfig, SortedMLP
 from sortedjax.submodel import Dim, Pool, SubModel
 from sortedjax.train import TrainConfig, make_optimizer, make_train_step

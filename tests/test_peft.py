@@ -17,9 +17,10 @@ from test_encoder import save_hf as save_encoder
 from test_gpt2 import save_hf as save_gpt2
 from test_llama import save_hf as save_llama
 
-from sortedjax import lora, lora_files
+from sortedjax import peft as lora
 from sortedjax.models import encoder, gpt2, llama
 from sortedjax.models.mlp import MLPConfig, SortedMLP
+from sortedjax.peft import files as lora_files
 from sortedjax.submodel import SubModel
 
 peft = pytest.importorskip("peft")
@@ -187,7 +188,7 @@ def _tiny_llama(**kw):
 
 def test_bad_input_names_the_value_and_what_is_allowed(tmp_path):
     model = _tiny_llama()
-    with pytest.raises(ValueError, match=r"no LoRA adapters; call sortedjax.lora.apply_dylora"):
+    with pytest.raises(ValueError, match=r"no LoRA adapters; call sortedjax.peft.apply_dylora"):
         lora.save_peft(model, tmp_path / "x")
     with pytest.raises(ValueError, match=r"\['query'\] match no Linear.*Hugging Face modules: .*self_attn.q_proj"):
         lora.apply_dylora(model, ["query"])
@@ -245,7 +246,7 @@ def test_other_models_round_trip_with_dotted_names(tmp_path):
 @pytest.mark.slow
 def test_export_peft_from_a_trained_run(tmp_path, capsys):
     from experiments import export_peft
-    from sortedjax import lora_runs
+    from sortedjax.peft import runs as lora_runs
     from sortedjax.train import TrainConfig, train
 
     save_encoder(tmp_path / "base", "roberta", num_hidden_layers=2)

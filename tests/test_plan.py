@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sortedjax import memory, plan, soft
 from sortedjax import sharding as shd
+from sortedjax.methods import soft
 from sortedjax.models.llama import Llama, LlamaConfig
+from sortedjax.planning import memory, plan
 from sortedjax.train import TrainConfig, make_optimizer, make_train_step
 
 CFG = LlamaConfig(

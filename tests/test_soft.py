@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sortedjax import sharding, soft
+from sortedjax import sharding
+from sortedjax.methods import soft
 from sortedjax.models import llama
 from sortedjax.train import TrainConfig, train
 

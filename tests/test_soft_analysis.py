@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sortedjax import analysis
+from sortedjax.metrics import analysis
 from sortedjax.models import llama
 
 

@@ -42,7 +42,7 @@ def test_table():
 
 
 def _examples():
-    from sortedjax.instruct_loaders import Example
+    from sortedjax.data.instruct.loaders import Example
 
     return [Example("colour of the sky?", "blue"), Example("colour of grass?", "green", answers=("green", "lime"))]
 
@@ -52,7 +52,7 @@ def test_table_5_2_rows_and_format():
     token), speedup, exact match, pairwise against autoregressive, rejection ratio, mean exit."""
     import numpy as np
 
-    from experiments import soft_table52 as t52
+    from experiments.soft import table52 as t52
 
     stop, pad = 2, 0
     ar_tok = np.array([[5, 2, 0], [6, 7, 2]])  # 2 + 3 generated tokens
@@ -107,9 +107,9 @@ def test_table_5_2_measure_checks_speculative(monkeypatch):
 
     import numpy as np
 
-    from experiments import soft_table52 as t52
+    from experiments.soft import table52 as t52
     from sortedjax import decoding
-    from sortedjax import instruct_data as idata
+    from sortedjax.data import instruct as idata
 
     ex = _examples() * 3  # 6 prompts in batches of 4: the second batch is filled up with 2 of them
     tok = idata.build_tokenizer([e.prompt + " " + e.output for e in ex])

@@ -8,7 +8,7 @@ import transformers
 from flax import nnx
 
 from experiments import export
-from sortedjax import instruct_data as idata
+from sortedjax.data import instruct as idata
 from sortedjax.models import llama
 from sortedjax.submodel import SubModel
 

@@ -11,7 +11,8 @@ import transformers
 from flax import nnx
 
 from experiments import bert_in_bert, sortednet_glue
-from sortedjax import nlu_pretrain, nlu_tasks
+from sortedjax.data.nlu import pretrain as nlu_pretrain
+from sortedjax.data.nlu import tasks as nlu_tasks
 from sortedjax.extract import extract
 from sortedjax.models import encoder
 from sortedjax.submodel import SubModel

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sortedjax import slimmable
+from sortedjax.methods import slimmable
 from sortedjax.models import resnet
 from sortedjax.submodel import Dim, Pool, SubModel
 
@@ -63,7 +63,7 @@ def test_bad_rule_raises():
 
 
 def test_subset_selection_is_pareto_over_threshold():
-    from experiments.sortednet_vision_parts import select_subset
+    from experiments.sortednet_vision.parts import select_subset
 
     cells = [
         {"depth": 2, "width": 1, "mflops": 1.0, "accuracy": 50.0, "recovery": 55.0},
@@ -106,8 +106,8 @@ def test_experiment_tiny_end_to_end(tmp_path):
 def test_fit_augments_per_step_and_refuses_unknown():
     """crop changes training (same seed, other params), is reproducible, and 'auto' picks by data set."""
     from experiments import sortednet_vision
-    from experiments.sortednet_vision_train import fit
-    from sortedjax.vision_data import VisionData
+    from experiments.sortednet_vision.train import fit
+    from sortedjax.data.vision import VisionData
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(16, 8, 8, 3)).astype(np.float32)

@@ -8,8 +8,9 @@ import pytest
 from flax import nnx
 
 from symreg import conditional as cond
+from symreg.checkpoint import load_pretrained, save_pretrained
 from symreg.decoding import NeuralCandidateSource, SamplingConfig, sample_skeletons
-from symreg.model import ModelConfig, SymbolicGPT, load_pretrained, make_points, save_pretrained
+from symreg.model import ModelConfig, SymbolicGPT, make_points
 from symreg.tokenizer import SkeletonTokenizer
 
 TOK = SkeletonTokenizer()

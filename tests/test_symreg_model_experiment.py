@@ -31,7 +31,7 @@ def test_flags_make_a_validated_config():
 
 
 def test_method_names_per_protocol_and_conditional():
-    from experiments.symbolicgpt_eval import method_names
+    from experiments.symbolicgpt.evaluate import method_names
 
     cfg = sg.Config(setting="1var", methods=("symbolicgpt", "operon"))
     assert method_names(cfg) == ["symbolicgpt", "symbolicgpt-thesis", "operon"]
@@ -132,7 +132,7 @@ def test_figures_and_summary_from_records(tmp_path, capsys):
     assert "symbolicgpt frac<-5 0.67 vs gplearn 0.00" in out and "natural log" in out
     import json
 
-    from experiments.symbolicgpt_report import figure_2_2
+    from experiments.symbolicgpt.report import figure_2_2
 
     with open(tmp_path / "1var" / "records.jsonl", "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in recs)
@@ -143,7 +143,7 @@ def test_figures_and_summary_from_records(tmp_path, capsys):
 def test_thesis_protocol_is_one_sample_one_start_scipy_bfgs_without_normalisation():
     from flax import nnx
 
-    from experiments.symbolicgpt_eval import symbolicgpt_method
+    from experiments.symbolicgpt.evaluate import symbolicgpt_method
     from symreg.conditional import ControlledSource
     from symreg.model import ModelConfig, SymbolicGPT
 

@@ -6,9 +6,10 @@ import pytest
 from flax import nnx
 
 from sortedjax.train import TrainConfig
+from symreg.checkpoint import load_pretrained, save_pretrained
 from symreg.decoding import NeuralCandidateSource, SamplingConfig
 from symreg.generate import generate_dataset
-from symreg.model import ModelConfig, load_pretrained, save_pretrained
+from symreg.model import ModelConfig
 from symreg.tokenizer import SkeletonTokenizer
 from symreg.train import LengthBuckets, make_arrays, train_symbolicgpt
 

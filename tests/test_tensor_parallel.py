@@ -9,7 +9,7 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from sortedjax import sharding as shd
-from sortedjax import soft
+from sortedjax.methods import soft
 from sortedjax.models.llama import Llama, LlamaConfig
 from sortedjax.train import TrainConfig, make_optimizer, make_train_step
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sortedjax import objectives, sharding
+from sortedjax import sharding
+from sortedjax.methods import objectives
 from sortedjax.models.mlp import MLPConfig, SortedMLP
 from sortedjax.submodel import Dim, Pool
 from sortedjax.train import ArrayBatches, TrainConfig, make_optimizer, make_train_step, train

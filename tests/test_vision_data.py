@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from sortedjax import vision_data
+from sortedjax.data import vision as vision_data
 
 
 def test_digits_are_real_upsampled_images():

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sortedjax.decoding import common
+import sortedjax.decoding.common as common
 from sortedjax.decoding.plain import lax_set
 
 # thesis 5.5.3: LLaMA-2 13B (40 layers), thresholds for exits 12, 16, ..., 36

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sortedjax.decoding import common
+import sortedjax.decoding.common as common
 from sortedjax.sampling import sample
 
 

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sortedjax.decoding import common
+import sortedjax.decoding.common as common
 from sortedjax.sampling import distribution, sample
 
 

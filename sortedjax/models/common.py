@@ -20,6 +20,7 @@ import numpy as np
 from flax import nnx
 
 from sortedjax import hf
+from sortedjax.nn.lora import adapters, check_rank
 from sortedjax.submodel import SubModel, check_sizes
 
 HF_ACTIVATIONS = {  # transformers' activation name -> sortedjax.nn.ACTIVATIONS
@@ -78,11 +79,9 @@ def sizes(sub: SubModel | None, exit_layer, limits, model: nnx.Module | None = N
     depth = sub.depth if exit_layer is None else exit_layer
     check_sizes({"depth": depth, "width": sub.width, "heads": sub.heads}, limits)
     if model is not None and sub.rank is not None and not isinstance(sub.rank, jax.core.Tracer):
-        from sortedjax import lora
-
-        r_max = [a.r_max for a in lora.adapters(model).values()]
+        r_max = [a.r_max for a in adapters(model).values()]
         if r_max:
-            lora.check_rank(sub.rank, min(r_max))
+            check_rank(sub.rank, min(r_max))
     return depth, dict(width=sub.width, heads=sub.heads, rank=sub.rank)
 
 
@@ -209,3 +208,13 @@ def prefix_of(sd, names: dict[str, str], arch: str) -> str:
         if probe in sd:
             return prefix
     raise ValueError(f"not a {arch} checkpoint: it has none of {sorted(names.values())} (found e.g. {sorted(sd)[:3]})")
+
+
+def hf_linears(table: dict) -> dict[tuple, str]:
+    """``{HF suffix: (our per-layer paths, n_in)}`` -> ``{our Linear paths: HF module suffix}`` (kernels only)."""
+    out = {}
+    for suffix, (paths, _) in table.items():
+        if suffix.endswith(".weight") and paths[0][-1] == "kernel":
+            out[tuple(p[:-1] for p in paths)] = suffix.removesuffix(".weight")
+    return out
+

@@ -26,9 +26,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+import sortedjax.models.common as common
 from sortedjax import hf, nn
-from sortedjax.models import common
+from sortedjax.extract import extract
 from sortedjax.models.encoder_config import EncoderConfig
+from sortedjax.protocol import HFDescriptor
 from sortedjax.submodel import SubModel
 
 _init = lambda k, s, d: nnx.initializers.normal(0.02)(k, s, d)  # noqa: E731
@@ -69,6 +71,21 @@ class Encoder(nnx.Module):
     @property
     def num_layers(self) -> int:
         return self.cfg.num_hidden_layers
+
+    def hf_descriptor(self) -> HFDescriptor:
+        """Hugging Face module names of the Linears (``Bert``/``RobertaForSequenceClassification``)."""
+        arch = self.cfg.model_type
+        heads = (
+            {"pooler": "bert.pooler.dense", "classifier": "classifier"}
+            if arch == "bert"
+            else {"pooler": "classifier.dense", "classifier": "classifier.out_proj"}
+        )
+        return HFDescriptor(
+            architecture=arch,
+            layer_prefix=f"{arch}.encoder.layer.",
+            layer_linears=common.hf_linears(_HF_LAYER),
+            heads=heads,
+        )
 
     @property
     def limits(self) -> dict[str, int]:
@@ -239,7 +256,6 @@ def save_pretrained(model: Encoder, out_dir, sub: SubModel | None = None) -> Non
     transformers ties head_dim to hidden_size / num_attention_heads, so a sub-model with fewer heads
     is written with its kept heads followed by all-zero heads (same outputs; see :func:`common.hf_heads`).
     """
-    from sortedjax.extract import extract
 
     small = model if sub is None else extract(model, sub)
     c = small.cfg

@@ -24,9 +24,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+import sortedjax.models.common as common
 from sortedjax import hf, nn
-from sortedjax.models import common
+from sortedjax.extract import extract
 from sortedjax.models.gpt2_config import GPT2Config
+from sortedjax.protocol import HFDescriptor
 from sortedjax.submodel import SubModel
 
 _init = lambda k, s, d: nnx.initializers.normal(0.02)(k, s, d)  # noqa: E731
@@ -69,6 +71,12 @@ class GPT2(nnx.Module):
     @property
     def num_layers(self) -> int:
         return self.cfg.num_hidden_layers
+
+    def hf_descriptor(self) -> HFDescriptor:
+        """Hugging Face module names of the Linears (``GPT2LMHeadModel``; ``c_attn`` fuses q, k, v)."""
+        return HFDescriptor(
+            architecture="gpt2", layer_prefix="transformer.h.", layer_linears=common.hf_linears(_HF_LAYER), heads={}
+        )
 
     @property
     def limits(self) -> dict[str, int]:
@@ -238,7 +246,6 @@ def save_pretrained(model: GPT2, out_dir, sub: SubModel | None = None, num_layer
     transformers ties head_dim to n_embd / n_head, so a sub-model with fewer heads is written with
     its kept heads followed by all-zero heads (same logits; see :func:`common.hf_heads`).
     """
-    from sortedjax.extract import extract
 
     if num_layers is not None:
         if sub is not None:

@@ -23,9 +23,11 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
+import sortedjax.models.common as common
 from sortedjax import distributed, hf, nn, sharding
-from sortedjax.models import common
+from sortedjax.extract import extract
 from sortedjax.models.llama_config import DTYPES, LlamaConfig  # noqa: F401 - re-exported
+from sortedjax.protocol import HFDescriptor
 from sortedjax.submodel import SubModel, check_sizes
 
 
@@ -117,6 +119,12 @@ class Llama(nnx.Module):
     @property
     def num_layers(self) -> int:
         return self.cfg.num_hidden_layers
+
+    def hf_descriptor(self) -> HFDescriptor:
+        """Hugging Face module names of the Linears (``LlamaForCausalLM``), for PEFT adapters."""
+        layer = {(p[:-1],): s.removesuffix(".weight") for p, (s, _) in _HF_LAYER.items() if p[-1] == "kernel"}
+        heads = {} if self.cfg.tie_word_embeddings else {"lm_head": "lm_head"}
+        return HFDescriptor(architecture="llama", layer_prefix="model.layers.", layer_linears=layer, heads=heads)
 
     @property
     def limits(self) -> dict[str, int]:
@@ -357,7 +365,6 @@ def save_pretrained(model: Llama, out_dir, sub: SubModel | None = None, num_laye
 
     With several processes every one must call it (the parameters are gathered); process 0 writes.
     """
-    from sortedjax.extract import extract
 
     if num_layers is not None:
         if sub is not None:

@@ -32,8 +32,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+import sortedjax.models.cnn_common as cc
 from sortedjax import nn
-from sortedjax.models import cnn_common as cc
 from sortedjax.submodel import SubModel, check_sizes
 
 # (expansion t, channels c, repeats n, first stride s) of the CIFAR MobileNetV2

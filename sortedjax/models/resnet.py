@@ -21,8 +21,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+import sortedjax.models.cnn_common as cc
 from sortedjax import nn
-from sortedjax.models import cnn_common as cc
 from sortedjax.submodel import SubModel, check_sizes
 
 

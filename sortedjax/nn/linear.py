@@ -4,7 +4,7 @@
 head_dim)``) with one einsum. ``in_size`` / ``out_size`` keep the first ``k`` entries of the
 *first* input / output axis (neurons, channels or heads) and zero the rest, so the masked
 layer equals the small layer built from the sliced weights. A DyLoRA adapter added by
-:func:`sortedjax.lora.apply_dylora` (``self.lora``) is evaluated at ``rank``.
+:func:`sortedjax.peft.apply_dylora` (``self.lora``) is evaluated at ``rank``.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class Linear(nnx.Module):
             jnp.zeros(self.out_shape, dtype) if bias_init is None else bias_init(rngs.params(), self.out_shape, dtype)
         )
         self.bias = param(bias, names[len(self.in_shape) :]) if use_bias else None
-        self.lora = None  # a sortedjax.lora.LoRA adapter, when one is applied
+        self.lora = None  # a sortedjax.peft.LoRA adapter, when one is applied
 
     @property
     def n_in(self) -> int:

@@ -1,0 +1,3 @@
+from experiments.dylora import main
+
+main()

@@ -1,0 +1,3 @@
+from experiments.soft import main
+
+main()

@@ -1,0 +1,3 @@
+from experiments.sortednet_vision import main
+
+main()

@@ -1,0 +1,3 @@
+from experiments.symbolicgpt import main
+
+main()

@@ -1,0 +1,31 @@
+"""Training: the functional loop (:mod:`~sortedjax.train.loop`), its configuration
+(:mod:`~sortedjax.train.config`), in-memory batches (:mod:`~sortedjax.train.batches`) and the
+recorded run state (:mod:`~sortedjax.train.runstate`).
+
+``sortedjax.train(model, loss_fn, data, cfg)`` is :func:`sortedjax.train.loop.train`: this package
+is callable, so ``sj.train(...)`` and ``sj.train.TrainConfig`` both read naturally.
+"""
+
+from sortedjax._callable import make_callable
+from sortedjax.train.batches import ArrayBatches, array_fingerprint
+from sortedjax.train.config import OPTIMIZERS, SCHEDULES, TrainConfig, float32_state, make_optimizer, make_schedule
+from sortedjax.train.loop import LossFn, TrainResult, make_train_step, train
+from sortedjax.train.runstate import CheckpointError
+
+__all__ = [
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "ArrayBatches",
+    "CheckpointError",
+    "LossFn",
+    "TrainConfig",
+    "TrainResult",
+    "array_fingerprint",
+    "float32_state",
+    "make_optimizer",
+    "make_schedule",
+    "make_train_step",
+    "train",
+]
+
+make_callable(__name__, train)
