@@ -31,8 +31,8 @@ _API = {
     "train": ("sortedjax.train", None),  # the package calls sortedjax.train.loop.train
     "TrainConfig": ("sortedjax.train.config", "TrainConfig"),
     "ArrayBatches": ("sortedjax.train.batches", "ArrayBatches"),
-    "apply_dylora": ("sortedjax.peft.adapters", "apply_dylora"),
-    "merge_lora": ("sortedjax.peft.adapters", "merge"),
+    "apply_dylora": ("sortedjax.peft.lora", "apply_dylora"),
+    "merge_lora": ("sortedjax.peft.lora", "merge"),
     "save_peft": ("sortedjax.peft.files", "save_peft"),
     "load_peft": ("sortedjax.peft.files", "load_peft"),
     "generate": ("sortedjax.decoding.plain", "generate"),

@@ -1,6 +1,6 @@
 """DyLoRA adapters on any model and Hugging Face PEFT adapter files.
 
-* :mod:`~sortedjax.peft.adapters` -- :func:`apply_dylora` by PEFT ``target_modules``, frozen mode,
+* :mod:`~sortedjax.peft.lora` -- :func:`apply_dylora` by PEFT ``target_modules``, frozen mode,
   :func:`merge` at any rank, rank ranges and distributions;
 * :mod:`~sortedjax.peft.files` -- :func:`save_peft` / :func:`load_peft`: ``adapter_config.json`` +
   ``adapter_model.safetensors`` that ``peft.PeftModel.from_pretrained`` loads;
@@ -11,7 +11,7 @@ The adapter layer itself is :class:`sortedjax.nn.lora.LoRA` (re-exported here wi
 """
 
 from sortedjax.nn.lora import DROPOUT_STREAM, LoRA, LoRADown, LoRAParam, LoRAUp, adapters, check_rank, linear_paths
-from sortedjax.peft.adapters import (
+from sortedjax.peft.lora import (
     apply_dylora,
     frozen_post_update,
     keep_only_rank,

@@ -26,7 +26,7 @@ import numpy as np
 from flax import nnx
 
 import sortedjax.peft.names as names
-from sortedjax.peft.adapters import apply_dylora, linear_paths
+from sortedjax.peft.lora import apply_dylora, linear_paths
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"

@@ -19,7 +19,7 @@ from flax import nnx
 import sortedjax.peft.names as names
 from sortedjax import models
 from sortedjax.nn.lora import adapters
-from sortedjax.peft.adapters import apply_dylora
+from sortedjax.peft.lora import apply_dylora
 
 INFO_FILE = "adapter_source.json"
 
