@@ -71,7 +71,7 @@ def task_text(spec: BenchModel):
     task = itask.builtin_task(seed=spec.seed)
     corpus = itask.builtin_corpus(task, num_docs=spec.docs, seed=spec.seed)
     held_out = itask.builtin_corpus(task, num_docs=64, seed=spec.seed + 1000)
-    tok = itask.build_tokenizer(corpus + held_out)
+    tok = itask.task_tokenizer(corpus + held_out)
     return tok, corpus, held_out
 
 

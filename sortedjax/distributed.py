@@ -15,7 +15,6 @@ import jax
 import numpy as np
 
 import sortedjax.sharding as sharding
-from sortedjax.train import runstate
 
 
 def initialize(
@@ -58,8 +57,10 @@ def is_main() -> bool:
 
 def sync(name: str) -> None:
     """A barrier of every process (nothing with one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
 
-    runstate.sync(name)
+        multihost_utils.sync_global_devices(name)
 
 
 def gather(tree):

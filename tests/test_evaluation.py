@@ -13,10 +13,10 @@ def test_exact_match_normalizes():
 
 
 def test_rouge_l():
-    assert ev.rouge_l("the cat sat on the mat", "the cat sat on the mat") == pytest.approx(1.0)
+    assert ev.best_rouge_l("the cat sat on the mat", "the cat sat on the mat") == pytest.approx(1.0)
     # LCS of "cat sat mat" vs "cat on mat" = 2 -> P = R = 2/3
-    assert ev.rouge_l("cat sat mat", "cat on mat") == pytest.approx(2 / 3)
-    assert ev.rouge_l("", "x") == 0.0
+    assert ev.best_rouge_l("cat sat mat", "cat on mat") == pytest.approx(2 / 3)
+    assert ev.best_rouge_l("", "x") == 0.0
 
 
 def test_pairwise_both_orders_and_formula():
@@ -55,3 +55,13 @@ def test_pairwise_matrix_antisymmetric():
     assert m[0, 1] > 0 and np.all(np.diag(m) == 0)
     with pytest.raises(ValueError, match="'nope'"):
         ev.pairwise_matrix(outs, ["nope"], ["sft@2"], ["q1", "q2"], [["a"], ["b"]])
+
+
+def test_one_rouge_l_for_the_judge_and_the_nlg_scores():
+    from sortedjax.metrics import text
+
+    p, refs = "The cat sat, on a mat!", ["cat on the mat", "a dog sat"]
+    per_ref = [text.rouge_l(p, [r], beta=1.0, tokenize=ev.answer_tokens) for r in refs]
+    assert ev.best_rouge_l(p, refs) == pytest.approx(max(per_ref)) == pytest.approx(2 * 0.75 * 1.0 / 1.75)
+    # the E2E style (beta 1.2, best precision and recall over references) is the same function's default
+    assert text.rouge_l("a b c", ["a b", "c"]) == pytest.approx((1 + 1.44) * (2 / 3) * 1.0 / (1.0 + 1.44 * 2 / 3))

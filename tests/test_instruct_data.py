@@ -15,7 +15,7 @@ def task():
 
 @pytest.fixture(scope="module")
 def tok(task):
-    return idata.build_tokenizer(
+    return idata.task_tokenizer(
         idata.builtin_corpus(task, num_docs=50) + [e.prompt + " " + e.output for e in task.train + task.eval]
     )
 
@@ -125,3 +125,16 @@ def test_step_batches_pure_function_of_step(tok, task):
 def test_decode_stops_at_eos(tok):
     ids = np.array([[tok.convert_tokens_to_ids("red"), tok.eos_token_id, tok.convert_tokens_to_ids("blue")]])
     assert idata.decode_responses(tok, ids) == ["red"]
+
+
+def test_one_tokenizer_builder_two_styles():
+    from sortedjax.data.tokenizer import build_tokenizer
+
+    causal = build_tokenizer(["a b", "b c"])
+    assert [causal.convert_tokens_to_ids(t) for t in ("<pad>", "<s>", "</s>", "<unk>")] == [0, 1, 2, 3]
+    assert causal.unk_token_id == 3 and causal("zz").input_ids == [3]
+    bert = build_tokenizer(["a b"], style="bert")
+    a, b = bert.convert_tokens_to_ids("a"), bert.convert_tokens_to_ids("b")
+    assert bert("a", "b").input_ids == [2, a, 3, b, 3] and bert("a", "b").token_type_ids == [0, 0, 0, 1, 1]
+    with pytest.raises(ValueError, match="style must be one of \\('causal', 'bert'\\), got 'gpt'"):
+        build_tokenizer(["a"], style="gpt")

@@ -11,6 +11,7 @@ from sortedjax.data import nlg as nlg_data
 from sortedjax.data import nlu
 from sortedjax.data.nlu import pretrain as nlu_pretrain
 from sortedjax.data.nlu import tasks as nlu_tasks
+from sortedjax.data.tokenizer import build_tokenizer
 from sortedjax.metrics import text as text_metrics
 
 
@@ -87,7 +88,7 @@ def test_generated_tasks_labels_follow_their_rules():
 
 
 def test_tokenizer_pairs_and_encode():
-    tok = nlu_pretrain.build_tokenizer(["the kalo was good", "the x is red"])
+    tok = build_tokenizer(["the kalo was good", "the x is red"], style="bert")
     enc = nlu.encode(tok, [nlu.Example("the kalo was good", "the x is red", 1.0)], max_len=16)
     ids = enc["ids"][0]
     assert ids[0] == tok.cls_token_id and list(ids).count(tok.sep_token_id) == 2

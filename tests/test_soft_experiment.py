@@ -112,7 +112,7 @@ def test_table_5_2_measure_checks_speculative(monkeypatch):
     from sortedjax.data import instruct as idata
 
     ex = _examples() * 3  # 6 prompts in batches of 4: the second batch is filled up with 2 of them
-    tok = idata.build_tokenizer([e.prompt + " " + e.output for e in ex])
+    tok = idata.task_tokenizer([e.prompt + " " + e.output for e in ex])
     cfg = types.SimpleNamespace(max_len=64, eval_batch_size=4, max_new_tokens=3)
     ctx = types.SimpleNamespace(cfg=cfg, tok=tok, eval_ex=ex, num_layers=4, exits=(2, 3, 4), inner=(2, 3))
     blue, eos = tok.convert_tokens_to_ids("blue"), tok.eos_token_id

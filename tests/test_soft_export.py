@@ -14,7 +14,7 @@ from sortedjax.submodel import SubModel
 
 
 def test_exported_submodel_matches_transformers(tmp_path):
-    tok = idata.build_tokenizer(["the capital of zorland is vell ."])
+    tok = idata.task_tokenizer(["the capital of zorland is vell ."])
     cfg = llama.LlamaConfig(
         vocab_size=len(tok),
         hidden_size=32,

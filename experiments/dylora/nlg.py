@@ -47,7 +47,7 @@ def build_base(cfg, texts: list[str], mr_texts: list[str]) -> str:
     out = os.path.join(cfg.workdir, "base", "hf")
     if os.path.exists(os.path.join(out, "config.json")) and os.path.exists(os.path.join(out, "tokenizer.json")):
         return out
-    tok = idata.build_tokenizer([*texts, *mr_texts, "="])
+    tok = idata.task_tokenizer([*texts, *mr_texts, "="])
     mcfg = gpt2.GPT2Config(
         vocab_size=len(tok),
         hidden_size=64,

@@ -174,7 +174,7 @@ def build_base(cfg: SoftExperiment, mesh, task) -> str:
         log(f"reusing base model {out}")
         return out
     corpus = idata.builtin_corpus(task, num_docs=cfg.base_docs, seed=cfg.seed)
-    tok = idata.build_tokenizer(corpus + [e.prompt + " " + e.output for e in task.train + task.eval])
+    tok = idata.task_tokenizer(corpus + [e.prompt + " " + e.output for e in task.train + task.eval])
     mcfg = llama.LlamaConfig(
         vocab_size=len(tok),
         hidden_size=cfg.base_hidden,

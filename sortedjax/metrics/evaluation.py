@@ -23,6 +23,8 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
+from sortedjax.metrics.text import rouge_l
+
 Judge = Callable[[str, str, str, Sequence[str]], int]
 
 
@@ -49,32 +51,15 @@ def exact_match_accuracy(predictions: Sequence[str], references: Sequence[Sequen
     return 100.0 * float(np.mean([exact_match(p, r) for p, r in zip(predictions, references)]))
 
 
-def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
-    """Length of the longest common subsequence of two token lists."""
-    if not a or not b:
-        return 0
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b):
-            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
-        prev = cur
-    return prev[-1]
-
-
-def rouge_l(prediction: str, reference: str) -> float:
-    """ROUGE-L F1 over normalized word tokens (0 when either side is empty)."""
-    p, r = normalize_answer(prediction).split(), normalize_answer(reference).split()
-    lcs = lcs_length(p, r)
-    if lcs == 0:
-        return 0.0
-    prec, rec = lcs / len(p), lcs / len(r)
-    return 2 * prec * rec / (prec + rec)
+def answer_tokens(text: str) -> list[str]:
+    """The words of :func:`normalize_answer` (ROUGE-L of answers is taken over these)."""
+    return normalize_answer(text).split()
 
 
 def best_rouge_l(prediction: str, references: Sequence[str] | str) -> float:
+    """The best ROUGE-L F1 (``beta=1``, over :func:`answer_tokens`) of ``prediction`` against any one reference."""
     refs = [references] if isinstance(references, str) else list(references)
-    return max((rouge_l(prediction, r) for r in refs), default=0.0)
+    return max((rouge_l(prediction, [r], beta=1.0, tokenize=answer_tokens) for r in refs), default=0.0)
 
 
 class ExactMatchJudge:

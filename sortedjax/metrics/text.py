@@ -15,13 +15,24 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
-
-from sortedjax.metrics.evaluation import lcs_length
+from collections.abc import Callable, Sequence
 
 
 def tokens(text: str) -> list[str]:
     return text.lower().split()
+
+
+def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
+    """Length of the longest common subsequence of two token lists."""
+    if not a or not b:
+        return 0
+    prev = [0] * (len(b) + 1)
+    for x in a:
+        cur = [0]
+        for j, y in enumerate(b):
+            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
+        prev = cur
+    return prev[-1]
 
 
 def _check(candidates: Sequence[str], references: Sequence[Sequence[str]]) -> None:
@@ -62,14 +73,18 @@ def corpus_bleu(candidates: Sequence[str], references: Sequence[Sequence[str]], 
     return 100.0 * bp * math.exp(log_p)
 
 
-def rouge_l(candidate: str, references: Sequence[str], beta: float = 1.2) -> float:
-    """ROUGE-L F (fraction) of one candidate against its references (COCO / E2E style)."""
-    c = tokens(candidate)
+def rouge_l(
+    candidate: str, references: Sequence[str], beta: float = 1.2, tokenize: Callable[[str], list[str]] = tokens
+) -> float:
+    """ROUGE-L F (fraction) of one candidate against its references (COCO / E2E style): ``P`` and ``R``
+    are the best LCS precision and recall over the references, ``F = (1 + b^2) P R / (R + b^2 P)``.
+    ``beta=1`` with one reference is the plain LCS F1 (the judge's :func:`~sortedjax.metrics.evaluation.best_rouge_l`)."""
+    c = tokenize(candidate)
     if not c:
         return 0.0
     prec, rec = 0.0, 0.0
     for ref in references:
-        r = tokens(ref)
+        r = tokenize(ref)
         lcs = lcs_length(c, r)
         if r:
             prec, rec = max(prec, lcs / len(c)), max(rec, lcs / len(r))

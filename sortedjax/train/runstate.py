@@ -27,20 +27,12 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from sortedjax.distributed import is_main, sync  # noqa: F401 - the one is_main / sync, used as rs.is_main()
 from sortedjax.train.config import TrainConfig
 
 log = logging.getLogger("sortedjax.train")
 
 
-def is_main() -> bool:
-    return jax.process_index() == 0
-
-
-def sync(name: str) -> None:
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
 
 
 # ---------------------------------------------------------------------------- console noise

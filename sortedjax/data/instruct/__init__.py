@@ -34,9 +34,9 @@ from sortedjax.data.instruct.loaders import (
 from sortedjax.data.instruct.task import (
     SPECIAL_TOKENS,
     BuiltinTask,
-    build_tokenizer,
     builtin_corpus,
     builtin_task,
+    task_tokenizer,
 )
 
 __all__ = [
@@ -50,7 +50,7 @@ __all__ = [
     "Example",
     "alpaca_examples",
     "alpaca_prompt",
-    "build_tokenizer",
+    "task_tokenizer",
     "builtin_corpus",
     "builtin_task",
     "decode_responses",

@@ -3,7 +3,7 @@
 * :func:`builtin_task` -- closed-book QA about an invented world (capitals, colours) and
   one-digit arithmetic, scored by exact match, with the pre-training text that states every
   fact (:func:`builtin_corpus`).
-* :func:`build_tokenizer` -- a small word-level ``tokenizers`` tokenizer wrapped as a
+* :func:`task_tokenizer` -- a small word-level ``tokenizers`` tokenizer wrapped as a
   ``transformers`` fast tokenizer, saved beside a HF checkpoint so that
   ``AutoTokenizer.from_pretrained(dir)`` loads it exactly like a real LLaMA's.
 """
@@ -15,8 +15,10 @@ import random
 from collections.abc import Iterable
 
 from sortedjax.data.instruct.loaders import ALPACA_PROMPT, ALPACA_PROMPT_INPUT, Example
+from sortedjax.data.tokenizer import SPECIAL_TOKENS as TOKENIZER_SPECIALS
+from sortedjax.data.tokenizer import build_tokenizer
 
-SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")  # ids 0..3 in the built-in tokenizer
+SPECIAL_TOKENS = TOKENIZER_SPECIALS["causal"]  # ids 0..3 in the built-in tokenizer
 _SYLLABLES = ("ka", "lo", "mir", "ta", "ven", "zu", "ro", "bel", "dor", "sa", "ni", "quo", "fen", "gal", "tis")
 _COLOURS = ("red", "blue", "green", "yellow", "black", "white", "purple", "orange")
 _NUMBER_WORDS = tuple(str(i) for i in range(19))
@@ -102,18 +104,8 @@ def builtin_corpus(task: BuiltinTask, *, num_docs: int = 2000, facts_per_doc: in
     return docs
 
 
-def build_tokenizer(texts: Iterable[str]):
-    """A lower-case word-level tokenizer over ``texts`` plus the Alpaca templates, as a
-    ``transformers`` fast tokenizer (``<pad>``=0, ``<s>``=1, ``</s>``=2, ``<unk>``=3)."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.WordLevelTrainer(special_tokens=list(SPECIAL_TOKENS), min_frequency=1)
-    extra = [ALPACA_PROMPT, ALPACA_PROMPT_INPUT, *_NUMBER_WORDS, *_COLOURS]
-    tok.train_from_iterator([*extra, *texts], trainer=trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
-    )
+def task_tokenizer(texts: Iterable[str]):
+    """The built-in base model's tokenizer: :func:`sortedjax.data.tokenizer.build_tokenizer` (causal
+    style: ``<pad>``=0, ``<s>``=1, ``</s>``=2, ``<unk>``=3) over ``texts`` plus the Alpaca templates and
+    the task's number and colour words."""
+    return build_tokenizer(texts, [ALPACA_PROMPT, ALPACA_PROMPT_INPUT, *_NUMBER_WORDS, *_COLOURS])

@@ -1,6 +1,6 @@
 """A small BERT pre-trained here by masked language modelling, saved as a Hugging Face checkpoint.
 
-Stands in for a downloaded BERT / RoBERTa when nothing can be downloaded: :func:`build_tokenizer`
+Stands in for a downloaded BERT / RoBERTa when nothing can be downloaded: :func:`sortedjax.data.tokenizer.build_tokenizer`
 makes a word-level ``[CLS] a [SEP] b [SEP]`` tokenizer over the text, :func:`pretrain` trains a
 :class:`~sortedjax.models.encoder.Encoder` with the BERT masked-LM objective (15% of the tokens
 chosen; 80% of them ``[MASK]``, 10% a random word, 10% kept; the output layer tied to the word
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterable
 
 import jax
 import jax.numpy as jnp
@@ -23,39 +22,12 @@ import optax
 from flax import nnx
 
 import sortedjax.data.nlu.tasks as nlu_tasks
+from sortedjax.data.tokenizer import SPECIAL_TOKENS as TOKENIZER_SPECIALS
+from sortedjax.data.tokenizer import build_tokenizer
 from sortedjax.models import encoder
 from sortedjax.train import ArrayBatches, TrainConfig, train
 
-SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # ids 0..4
-
-
-def build_tokenizer(texts: Iterable[str], extra_words: Iterable[str] = ()):
-    """A lower-case word-level ``transformers`` fast tokenizer with BERT's special tokens and pair
-    template (``[CLS] a [SEP]`` / ``[CLS] a [SEP] b [SEP]``, token types 0 / 1)."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator(
-        [*extra_words, *texts], trainer=trainers.WordLevelTrainer(special_tokens=list(SPECIAL_TOKENS))
-    )
-    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]",
-        pair="[CLS] $A:0 [SEP]:0 $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", cls), ("[SEP]", sep)],
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        unk_token="[UNK]",
-        pad_token="[PAD]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        mask_token="[MASK]",
-        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
-    )
+SPECIAL_TOKENS = TOKENIZER_SPECIALS["bert"]  # ids 0..4
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -116,7 +88,7 @@ def pretrain(out_dir: str, cfg: PretrainConfig, *, workdir: str, texts: list[str
     in ``workdir`` (orbax resume). Returns the last logged metrics."""
 
     texts = nlu_tasks.corpus(cfg.num_docs, seed=cfg.seed) if texts is None else texts
-    tok = build_tokenizer(texts, nlu_tasks.WORDS)
+    tok = build_tokenizer(texts, nlu_tasks.WORDS, style="bert")
     enc = tok(texts, truncation=True, max_length=cfg.max_len, padding="max_length")
     arrays = {"ids": np.asarray(enc["input_ids"], np.int32), "mask": np.asarray(enc["attention_mask"], np.int32)}
     mcfg = encoder.EncoderConfig(
