@@ -31,7 +31,7 @@ Backends (tests check that they agree):
     lanes in lockstep (``symreg.solvers``); after ``prune_after`` iterations only the
     ``keep_starts`` best starts of each problem continue.
   ``jaxopt``: ``jaxopt.BFGS``, the reference (every vmapped lane pays the slowest lane's line
-    search, ~15x slower than ``bfgs``; jaxopt is unmaintained). ``optax``: ``optax.lbfgs``.
+    search, far slower than ``bfgs``: ``benchmarks/fit_constants.py`` measures it; jaxopt is unmaintained). ``optax``: ``optax.lbfgs``.
   ``scipy``: SciPy BFGS per problem in float64 on a sympy-lambdified numpy function with
     numeric gradients: the original SymbolicGPT code (``FitConfig.thesis()``).
 """
@@ -64,7 +64,7 @@ OBJECTIVES = ("relative", "mse")
 class FitConfig:
     n_starts: int = 16
     backend: str = "bfgs"
-    linesearch: str = "backtracking"  # jaxopt / optax: or "zoom", more robust steps, ~2x the compile time
+    linesearch: str = "backtracking"  # jaxopt / optax: or "zoom", more robust steps, longer compiles
     maxls: int = 8  # jaxopt / optax: line-search evaluations per iteration (vmapped, every lane pays the max)
     maxiter: int = 100
     keep_starts: int = 4  # bfgs: after prune_after iterations only this many best starts go on

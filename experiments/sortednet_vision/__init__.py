@@ -28,17 +28,8 @@ Run::
 Writes ``results.json``, ``fig4_2_accuracy.png``, ``fig4_2_recovery.png`` and
 ``fig4_5_subset.png`` to the workdir and prints the grid rows and the tables.
 
-The default run took 17:42 wall on this 2-core CPU (grid 505 s, subset 156 s, table42 137 s,
-gacc 260 s). Its output (digits, so not the thesis' CIFAR numbers): baseline MobileNetV2 91.8 %
-after 1000 updates; the SortedNet-trained largest sub-model 77.9 % (85 % recovery), depth 9 at
-full width 69.8 %, depth 2 43.8 %, width level 1 of 10 at full depth 12.4 %; Fig 4.5's subset (5
-sub-models on the FLOPs Pareto front with >= 80 % recovery) retrained 94.1-95.7 %. Table 4.2
-(2 seeds, 200 updates): BatchNorm SortedNet 95.8 / 95.1 / 83.0 / 44.3 % at 100 / 75 / 50 / 25 %
-width vs NS 97.8 / 97.4 / 95.7 / 50.8, US 97.6 / 96.1 / 88.9 / 59.9, plain 98.3 / 58.5 / 16.1 /
-10.3; at equal updates NS and US run 4 forward / backward passes per update to SortedNet's one
-(C.4.3: LCS-p epoch time 2.57x SortedNet's with InstanceNorm, 2.76x with BatchNorm). Table 4.5:
-at 200 updates the mean accuracy over widths grows with g_acc (50.0, 56.5, 57.3, 67.1 % for g_acc
-1..4); at a fixed number of epochs it falls (50.0, 32.4, 21.9, 21.3 %).
+Expected runtime of the default: about 18 minutes on a 2-core CPU (the grid part takes half of it).
+Its measured output, the thesis' numbers beside it and what differs are in ``docs/sortednet.md``.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Eager model calls through one cached ``jax.jit`` program.
 
-Called outside any trace, a Flax NNX model runs op by op: on a tiny LLaMA that is 0.8-2.6 s
-per call, against about 2 ms compiled. :func:`jit_call` runs ``module.method(*args)`` through a
+Called outside any trace, a Flax NNX model runs op by op, orders of magnitude slower than
+its compiled program. :func:`jit_call` runs ``module.method(*args)`` through a
 ``jax.jit`` keyed by the module's graph (static) and the arguments' shapes and dtypes, so the
-first call compiles (a second or so for a small model) and every later call with the same
+first call compiles and every later call with the same
 shapes reuses the program; Python ints among ``args`` become traced int32 values, so, e.g.,
 every exit depth shares one program. Inside ``jax.jit`` / ``nnx.jit`` / ``nnx.grad`` (any traced
 argument or parameter) the method runs directly. State the method updates (RNG counts of a
