@@ -128,3 +128,24 @@ def test_public_api_names():
         assert getattr(sj, name) is not None, name
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         sj.nope  # noqa: B018
+
+
+def test_readme_layout_table_matches_the_tree():
+    import re
+
+    text = (ROOT / "README.md").read_text()
+    table = text[text.index("## Layout") : text.index("## Experiments")]
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    named = set()
+    for row in rows:
+        first = row.split("|")[1]
+        paths = re.findall(r"`([^`]+)`", first)
+        base = paths[0].rsplit("/", 1)[0] + "/" if "/" in paths[0].rstrip("/") else ""
+        for p in paths:
+            full = p if p.startswith(("sortedjax", "symreg", "experiments", "benchmarks", "tpu", "notebooks", "docs")) else base + p
+            assert (ROOT / full).exists(), f"README layout names {full}, which does not exist"
+            named.add(full.rstrip("/"))
+    packages = [f"sortedjax/{d.name}" for d in (ROOT / "sortedjax").iterdir() if (d / "__init__.py").exists()]
+    modules = [f"sortedjax/{f.name}" for f in (ROOT / "sortedjax").glob("*.py") if not f.name.startswith("_")]
+    missing = [p for p in packages + modules if p not in named]
+    assert missing == [], f"not in README's layout table: {missing}"
