@@ -2,6 +2,8 @@
 placement on a mesh, writing checkpoints, tokenizers (:mod:`sortedjax.hf.files`)."""
 
 from sortedjax.hf.files import (
+    INDEX,
+    SINGLE,
     TOKENIZER_FILES,
     StateDict,
     as_mesh,
@@ -17,6 +19,8 @@ from sortedjax.hf.files import (
 )
 
 __all__ = [
+    "INDEX",
+    "SINGLE",
     "TOKENIZER_FILES",
     "StateDict",
     "as_mesh",
