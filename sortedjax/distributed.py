@@ -29,7 +29,7 @@ def initialize(
     ``cpu_devices``: simulated CPU devices for this process (CPU only; must run before any JAX work).
     """
 
-    if sharding._backends_started():
+    if sharding.backends_started():
         raise ValueError(
             "initialize() must run before any JAX computation (the backends are already started); "
             "call it first thing in the program"

@@ -108,7 +108,8 @@ def _positive(n: int, name: str) -> int:
     return n
 
 
-def _backends_started() -> bool:
+def backends_started() -> bool:
+    """Whether a JAX backend has started (after that the device count and collectives are fixed)."""
     from jax._src import xla_bridge
 
     return xla_bridge.backends_are_initialized()
@@ -122,7 +123,7 @@ def ensure_devices(n: int) -> None:
     """
     if n < 1:
         raise ValueError(f"device count must be >= 1, got {n}")
-    if _backends_started() or jax.distributed.is_initialized():  # several processes: their devices are fixed
+    if backends_started() or jax.distributed.is_initialized():  # several processes: their devices are fixed
         have = jax.device_count()
         if have < n:
             raise ValueError(
