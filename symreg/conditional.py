@@ -13,14 +13,17 @@ the mechanism it describes, written out here exactly):
   ``h_0 = W_t[tok] + W_p[t] + z + U_in u`` and after block ``l`` (output ``h_l``)
   ``h_l <- h_l * (1 + G_l u) + B_l u``, i.e. a FiLM modulation per layer whose scale and shift
   are linear, bias-free functions of the control (``U_in``: F -> E, ``G_l, B_l``: F -> E for
-  each of the L blocks; one :class:`sortedjax.nn.Linear` F -> L x 2 x E, applied through the
-  ``hook`` of :class:`sortedjax.nn.LayerStack`).
+  each of the L blocks; one :class:`sortedjax.nn.Linear` F -> L x 2 x E). The decoder is the
+  base model's own :meth:`SymbolicGPT.decode`: ``U_in u`` is its ``input_bias``, the FiLM
+  (:func:`film_hook`) its ``hook`` (run by :class:`sortedjax.nn.LayerStack` after each block).
 * **Guarantee**: because every control map is linear without bias, the neutral control
   ``c = 0`` leaves the decoder exactly the unconditional SymbolicGPT with the same weights
   (``CSymbolicGPT.base``), whatever the control weights; a non-zero control changes the logits.
-* **Training** (:func:`make_conditional_loss_fn`): the true control of each target skeleton,
-  with every entry hidden (set to 0) with probability ``p_hide`` and the whole vector hidden
+* **Training** (:func:`make_conditional_loss_fn`): the base loss
+  (:func:`symreg.train.make_loss_fn`) with the true control of each target skeleton as an extra
+  input, every entry hidden (set to 0) with probability ``p_hide`` and the whole vector hidden
   with probability ``p_neutral``: one model serves full, partial and no conditioning.
+  :func:`train_conditional` is :func:`symreg.train.train_symbolicgpt` with that loss.
 
     model = CSymbolicGPT(ModelConfig(...), rngs=nnx.Rngs(0))
     logits = model(points, mask, tokens, control)          # control: B x F
@@ -29,19 +32,16 @@ the mechanism it describes, written out here exactly):
 
 from __future__ import annotations
 
-import dataclasses
 import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
 from sortedjax import nn
-from sortedjax.train import array_fingerprint, train
 from symreg.model import ModelConfig, SymbolicGPT, fan_in_init
-from symreg.train import LengthBuckets
+from symreg.train import make_loss_fn, train_symbolicgpt
 
 FUNCTIONS = ("sin", "cos", "exp", "log", "sqrt", "asin")
 CONTROL_FEATURES = FUNCTIONS + ("pow", "div", "const") + tuple(f"x{i}" for i in range(1, 10))
@@ -91,6 +91,14 @@ class NodeControl(nnx.Module):
         return self.inp(c), self.film(c)  # B x E, B x L x 2 x E
 
 
+def film_hook(i, h_in, h_out, film_BxLx2xE):
+    """The :class:`sortedjax.nn.LayerStack` hook of the node-control layers: after block ``i``,
+    ``h <- h * (1 + G_i u) + B_i u`` (``film_BxLx2xE`` from :class:`NodeControl`, passed through)."""
+    del h_in
+    gb_Bx2xE = jax.lax.dynamic_index_in_dim(film_BxLx2xE, i, axis=1, keepdims=False)
+    return h_out * (1.0 + gb_Bx2xE[:, None, 0]) + gb_Bx2xE[:, None, 1], film_BxLx2xE
+
+
 class CSymbolicGPT(nnx.Module):
     """SymbolicGPT (``self.base``) plus node-control layers (``self.control``)."""
 
@@ -103,25 +111,14 @@ class CSymbolicGPT(nnx.Module):
         return self.base.encode(points_BxNxF, mask_BxN)
 
     def decode(self, tokens_BxT, z_BxE, control_BxF=None, *, start=0, cache: nn.KVCache | None = None):
-        """As :meth:`SymbolicGPT.decode`, conditioned on ``control_BxF`` (None: neutral)."""
-        b = self.base
+        """:meth:`SymbolicGPT.decode` of ``self.base``, conditioned on ``control_BxF`` (None: neutral):
+        ``U_in c`` as its ``input_bias``, the per-block FiLM as its ``hook``."""
         if control_BxF is None:
             control_BxF = jnp.zeros((tokens_BxT.shape[0], self.control.n_features), jnp.float32)
         cin_BxE, film_BxLx2xE = self.control(control_BxF)
-        t = tokens_BxT.shape[1]
-        x = b.tok_embed(tokens_BxT) + b.pos_embed(start + jnp.arange(t))[None] + (z_BxE + cin_BxE)[:, None, :]
-
-        def hook(i, h_in, h_out, film):
-            gb_Bx2xE = jax.lax.dynamic_index_in_dim(film, i, axis=1, keepdims=False)
-            return h_out * (1.0 + gb_Bx2xE[:, None, 0]) + gb_Bx2xE[:, None, 1], film
-
-        if cache is None:
-            x, _ = b.blocks(x, hook=hook, hook_state=film_BxLx2xE)
-        else:
-            x, cache, _ = b.blocks(
-                x, cache=cache, start=start, mask=cache.attention_mask(start, t), hook=hook, hook_state=film_BxLx2xE
-            )
-        return b.tok_embed.attend(b.ln_f(x)), cache
+        return self.base.decode(
+            tokens_BxT, z_BxE, start=start, cache=cache, input_bias=cin_BxE, hook=film_hook, hook_state=film_BxLx2xE
+        )
 
     def __call__(self, points_BxNxF, mask_BxN, tokens_BxT, control_BxF=None):
         logits, _ = self.decode(tokens_BxT, self.encode(points_BxNxF, mask_BxN), control_BxF)
@@ -141,19 +138,7 @@ def make_conditional_loss_fn(pad_id: int = 0, p_hide: float = 0.5, p_neutral: fl
     for name, p in (("p_hide", p_hide), ("p_neutral", p_neutral)):
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {p}")
-
-    def loss_fn(model: CSymbolicGPT, batch, key):
-        tokens = batch["tokens"]
-        control = hide_controls(batch["control"], key, p_hide, p_neutral)
-        logits = model(batch["points"], batch["mask"], tokens[:, :-1], control).astype(jnp.float32)
-        targets = tokens[:, 1:]
-        weight = (targets != pad_id).astype(jnp.float32)
-        nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-        n = jnp.maximum(weight.sum(), 1.0)
-        correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32) * weight
-        return (nll * weight).sum() / n, {"token_acc": correct.sum() / n}
-
-    return loss_fn
+    return make_loss_fn(pad_id, lambda batch, key: (hide_controls(batch["control"], key, p_hide, p_neutral),))
 
 
 def add_controls(arrays: dict, skeletons: list[str]) -> dict:
@@ -166,20 +151,21 @@ def add_controls(arrays: dict, skeletons: list[str]) -> dict:
 def train_conditional(
     model_cfg: ModelConfig, arrays: dict, train_cfg, *, batch_size: int, p_hide=0.5, p_neutral=0.25, restart=False
 ):
-    """Train a fresh C-SymbolicGPT on ``arrays`` (with ``"control"``); returns the TrainResult."""
+    """Train a fresh C-SymbolicGPT on ``arrays`` (with ``"control"``) with
+    :func:`symreg.train.train_symbolicgpt`; returns the TrainResult."""
 
     if "control" not in arrays:
         raise ValueError("arrays need a 'control' entry; build them with add_controls(arrays, skeletons)")
-    model = CSymbolicGPT(model_cfg, rngs=nnx.Rngs(train_cfg.seed))
-    data = LengthBuckets(arrays, batch_size, seed=train_cfg.seed, pad_id=model_cfg.pad_id)
-    run = {
-        "model": dataclasses.asdict(model_cfg),
-        "conditional": {"p_hide": p_hide, "p_neutral": p_neutral, "features": list(CONTROL_FEATURES)},
-        "batch_size": batch_size,
-        "arrays": array_fingerprint(arrays),
-    }
-    loss_fn = make_conditional_loss_fn(model_cfg.pad_id, p_hide, p_neutral)
-    return train(model, loss_fn, data, train_cfg, run_config=run, restart=restart)
+    return train_symbolicgpt(
+        model_cfg,
+        arrays,
+        train_cfg,
+        batch_size=batch_size,
+        restart=restart,
+        model_type=CSymbolicGPT,
+        loss_fn=make_conditional_loss_fn(model_cfg.pad_id, p_hide, p_neutral),
+        run_extra={"conditional": {"p_hide": p_hide, "p_neutral": p_neutral, "features": list(CONTROL_FEATURES)}},
+    )
 
 
 class ControlledSource:

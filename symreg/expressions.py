@@ -231,7 +231,7 @@ def skeletonize(expr: sympy.Expr) -> tuple[str, list[float]]:
     return text, [values[k] for k in order]
 
 
-_FUNCS = {
+SYMPY_FUNCS = {  # the names a skeleton (or a fitted expression string) may use, for sympy parsing
     "sin": sympy.sin,
     "cos": sympy.cos,
     "tan": sympy.tan,
@@ -279,7 +279,7 @@ def parse_skeleton(skeleton: str, max_vars: int = MAX_VARS) -> tuple[sympy.Expr,
     local = {f"x{i}": X_SYMBOLS[i - 1] for i in range(1, MAX_VARS + 1)}
     local.update({f"c{k}": s for k, s in enumerate(consts)})
     try:
-        expr = parse_expr(text, local_dict=local, global_dict=dict(_FUNCS))
+        expr = parse_expr(text, local_dict=local, global_dict=dict(SYMPY_FUNCS))
     except Exception as e:  # sympy raises many types (SyntaxError, TypeError, TokenError...)
         raise ValueError(f"skeleton {skeleton!r} does not parse: {type(e).__name__}: {e}") from None
     if not isinstance(expr, sympy.Expr):

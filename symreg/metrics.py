@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import sympy
 
-from symreg.expressions import _FUNCS, X_SYMBOLS
+from symreg.expressions import SYMPY_FUNCS, X_SYMBOLS
 
 EPS = 1e-5  # the eps of eq. 2.4.5 (also the SymbolicGPT code's default)
 
@@ -61,8 +61,7 @@ def _rationalise(expr: sympy.Expr, decimals: int) -> sympy.Expr:
 
 def _parse(e) -> sympy.Expr:
     if isinstance(e, str):
-
-        return sympy.sympify(e, locals={**{str(x): x for x in X_SYMBOLS}, **_FUNCS})
+        return sympy.sympify(e, locals={**{str(x): x for x in X_SYMBOLS}, **SYMPY_FUNCS})
     return sympy.sympify(e)
 
 

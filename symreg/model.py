@@ -19,12 +19,14 @@ Everything is built from the shared layers of :mod:`sortedjax.nn` (``Linear``, `
 ``LayerNorm``, ``Attention``, ``MLP``); the blocks run through one ``LayerStack`` (parameters
 stacked on a ``"layers"`` axis, ``lax.scan``). ``decode`` runs either a full causal pass or,
 given a :class:`sortedjax.nn.KVCache` from :func:`init_cache`, appends ``T`` tokens at
-position ``start`` (used by :mod:`symreg.decoding`).
+position ``start`` (used by :mod:`symreg.decoding`); its ``input_bias`` and ``hook`` arguments
+are how :class:`symreg.conditional.CSymbolicGPT` conditions this same decoder.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -175,19 +177,50 @@ class SymbolicGPT(nnx.Module):
         """Points (variables zero-padded to ``max_vars``, then y) -> ``z_BxE``."""
         return self.tnet(points_BxNxF, mask_BxN)
 
-    def decode(self, tokens_BxT: jax.Array, z_BxE: jax.Array, *, start=0, cache: nn.KVCache | None = None):
+    def decode(
+        self,
+        tokens_BxT: jax.Array,
+        z_BxE: jax.Array,
+        *,
+        start=0,
+        cache: nn.KVCache | None = None,
+        input_bias: jax.Array | None = None,
+        hook: Callable | None = None,
+        hook_state=None,
+    ):
         """Logits for ``T`` tokens at positions ``start..start+T-1``; returns (logits, cache).
 
         Without ``cache`` the ``T`` tokens attend causally among themselves; with it they are
         written at slots ``start..`` and attend to every earlier slot.
+
+        Conditioning (used by :class:`symreg.conditional.CSymbolicGPT`; both default to none,
+        which is exactly the plain decoder):
+
+        * ``input_bias``: an additive term to the decoder input. ``B x E`` is added to ``z``
+          (the same at every position; ``W_t[tok] + W_p[t] + (z + bias)``), anything else
+          broadcastable to ``B x T x E`` to the summed embeddings.
+        * ``hook`` / ``hook_state``: passed to the block stack
+          (:class:`sortedjax.nn.LayerStack`): ``hook(i, h_in, h_out, hook_state) -> (h, hook_state)``
+          after block ``i``; the final ``hook_state`` is dropped.
         """
         t = tokens_BxT.shape[1]
+        if input_bias is not None and jnp.ndim(input_bias) == 2:
+            z_BxE, input_bias = z_BxE + input_bias, None
         x_BxTxE = self.tok_embed(tokens_BxT) + self.pos_embed(start + jnp.arange(t))[None] + z_BxE[:, None, :]
-        if cache is None:
-            x_BxTxE = self.blocks(x_BxTxE)
-        else:
-            x_BxTxE, cache = self.blocks(x_BxTxE, cache=cache, start=start, mask=cache.attention_mask(start, t))
+        if input_bias is not None:
+            x_BxTxE = x_BxTxE + input_bias
+        x_BxTxE, cache = self.run_blocks(x_BxTxE, start=start, cache=cache, hook=hook, hook_state=hook_state)
         return self.tok_embed.attend(self.ln_f(x_BxTxE)), cache
+
+    def run_blocks(self, x_BxTxE, *, start=0, cache: nn.KVCache | None = None, hook=None, hook_state=None):
+        """The block stack on ``x_BxTxE`` (with ``cache``: at slots ``start..``); returns ``(h, cache)``."""
+        t = x_BxTxE.shape[1]
+        kw = {} if hook is None else {"hook": hook, "hook_state": hook_state}
+        if cache is None:
+            out = self.blocks(x_BxTxE, **kw)
+        else:
+            out = self.blocks(x_BxTxE, cache=cache, start=start, mask=cache.attention_mask(start, t), **kw)
+        return out.hidden, out.cache
 
     def __call__(self, points_BxNxF, mask_BxN, tokens_BxT):
         logits, _ = self.decode(tokens_BxT, self.encode(points_BxNxF, mask_BxN))

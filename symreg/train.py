@@ -11,6 +11,7 @@ id are masked out of the loss.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import jax.numpy as jnp
 import numpy as np
@@ -75,11 +76,17 @@ class LengthBuckets:
         return batch
 
 
-def make_loss_fn(pad_id: int = 0):
+def make_loss_fn(pad_id: int = 0, extra_inputs: Callable | None = None):
+    """The masked next-token loss (targets equal to ``pad_id`` do not count) and its
+    ``token_acc`` / ``seq_acc``.
+
+    ``extra_inputs(batch, key) -> tuple``: more positional model inputs after the tokens (the
+    conditional model's controls, :func:`symreg.conditional.make_conditional_loss_fn`)."""
+
     def loss_fn(model: SymbolicGPT, batch, key):
-        del key
         tokens = batch["tokens"]
-        logits = model(batch["points"], batch["mask"], tokens[:, :-1]).astype(jnp.float32)
+        extra = () if extra_inputs is None else tuple(extra_inputs(batch, key))
+        logits = model(batch["points"], batch["mask"], tokens[:, :-1], *extra).astype(jnp.float32)
         targets = tokens[:, 1:]
         weight = (targets != pad_id).astype(jnp.float32)
         nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
@@ -93,12 +100,31 @@ def make_loss_fn(pad_id: int = 0):
 
 
 def train_symbolicgpt(
-    model_cfg: ModelConfig, arrays: dict, train_cfg, *, batch_size: int, mesh=None, restart: bool = False
+    model_cfg: ModelConfig,
+    arrays: dict,
+    train_cfg,
+    *,
+    batch_size: int,
+    mesh=None,
+    restart: bool = False,
+    model_type: type = SymbolicGPT,
+    loss_fn: Callable | None = None,
+    run_extra: dict | None = None,
 ):
     """Train a fresh model (or resume the run in ``train_cfg.workdir``; ``restart``: start it over,
-    moving the old run aside); returns the TrainResult."""
+    moving the old run aside); returns the TrainResult.
 
-    model = SymbolicGPT(model_cfg, rngs=nnx.Rngs(train_cfg.seed))
+    ``model_type`` (built as ``model_type(model_cfg, rngs=nnx.Rngs(seed))``), ``loss_fn``
+    (default :func:`make_loss_fn`) and ``run_extra`` (more ``run_config`` entries) let
+    :func:`symreg.conditional.train_conditional` train C-SymbolicGPT with this same loop."""
+
+    model = model_type(model_cfg, rngs=nnx.Rngs(train_cfg.seed))
     data = LengthBuckets(arrays, batch_size, seed=train_cfg.seed, pad_id=model_cfg.pad_id)
-    run = {"model": dataclasses.asdict(model_cfg), "batch_size": batch_size, "arrays": array_fingerprint(arrays)}
-    return train(model, make_loss_fn(model_cfg.pad_id), data, train_cfg, mesh=mesh, run_config=run, restart=restart)
+    run = {
+        "model": dataclasses.asdict(model_cfg),
+        **(run_extra or {}),
+        "batch_size": batch_size,
+        "arrays": array_fingerprint(arrays),
+    }
+    loss_fn = make_loss_fn(model_cfg.pad_id) if loss_fn is None else loss_fn
+    return train(model, loss_fn, data, train_cfg, mesh=mesh, run_config=run, restart=restart)

@@ -7,11 +7,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from sortedjax.train import TrainConfig
 from symreg import conditional as cond
 from symreg.checkpoint import load_pretrained, save_pretrained
 from symreg.decoding import NeuralCandidateSource, SamplingConfig, sample_skeletons
-from symreg.model import ModelConfig, SymbolicGPT, make_points
+from symreg.model import ModelConfig, SymbolicGPT, init_cache, make_points
 from symreg.tokenizer import SkeletonTokenizer
+from symreg.train import make_arrays, make_loss_fn
 
 TOK = SkeletonTokenizer()
 CFG = ModelConfig.preset("tiny", vocab_size=TOK.vocab_size, max_len=16, max_vars=2)
@@ -44,8 +46,25 @@ def test_neutral_control_is_exactly_the_unconditional_decoder():
     assert float(jnp.abs(model.control.film.kernel[...]).max()) > 0
     points, mask, tokens = _inputs()
     want = base(points, mask, tokens)
-    np.testing.assert_allclose(model(points, mask, tokens, cond.neutral_control(3)), want, atol=1e-6)
-    np.testing.assert_allclose(model(points, mask, tokens), want, atol=1e-6)
+    # CSymbolicGPT runs the base decoder (input_bias = U_in c = 0, FiLM hook h * 1 + 0): bit-identical
+    np.testing.assert_array_equal(model(points, mask, tokens, cond.neutral_control(3)), want)
+    np.testing.assert_array_equal(model(points, mask, tokens), want)
+    z = base.encode(points, mask)
+    cache_c, cache_b = init_cache(CFG, 3), init_cache(CFG, 3)
+    for t in range(tokens.shape[1]):
+        got, cache_c = model.decode(tokens[:, t : t + 1], z, cond.neutral_control(3), start=t, cache=cache_c)
+        ref, cache_b = base.decode(tokens[:, t : t + 1], z, start=t, cache=cache_b)
+        np.testing.assert_array_equal(got, ref)
+
+
+def test_conditional_decode_is_the_base_decoder_with_input_bias_and_hook():
+    model = cond.CSymbolicGPT(CFG, rngs=nnx.Rngs(4))
+    points, mask, tokens = _inputs()
+    c = np.random.default_rng(0).choice([-1.0, 0.0, 1.0], size=(3, F)).astype(np.float32)
+    z = model.encode(points, mask)
+    cin, film = model.control(c)
+    want, _ = model.base.decode(tokens, z, input_bias=cin, hook=cond.film_hook, hook_state=film)
+    np.testing.assert_array_equal(model.decode(tokens, z, c)[0], want)
 
 
 def test_each_control_changes_the_output_per_row():
@@ -72,8 +91,6 @@ def test_cached_decoding_matches_the_full_pass():
     c = np.stack([cond.control_vector("C*sin(x1)"), cond.control_vector("exp(x2)/x1")])
     z = model.encode(points, mask)
     full, _ = model.decode(tokens, z, c)
-    from symreg.model import init_cache
-
     cache = init_cache(CFG, 2)
     steps = []
     for t in range(tokens.shape[1]):
@@ -114,13 +131,24 @@ def test_hide_controls_rates_and_loss_validation():
         cond.add_controls({"tokens": np.zeros((2, 4))}, ["x1"])
 
 
+def test_conditional_loss_is_the_base_loss_with_the_control():
+    """One loss (symreg.train.make_loss_fn): with every control hidden, C-SymbolicGPT's loss and
+    metrics are the base model's on the same weights."""
+    model = cond.CSymbolicGPT(CFG, rngs=nnx.Rngs(5))
+    points, mask, tokens = _inputs()
+    batch = {"points": points, "mask": mask, "tokens": tokens, "control": jnp.ones((3, F))}
+    key = jax.random.key(0)
+    got = cond.make_conditional_loss_fn(p_hide=0.0, p_neutral=1.0)(model, batch, key)
+    want = make_loss_fn()(model.base, batch, key)
+    assert jax.tree.map(float, got) == jax.tree.map(float, want)
+    shown = cond.make_conditional_loss_fn(p_hide=0.0, p_neutral=0.0)(model, batch, key)
+    assert float(shown[0]) != float(want[0])
+
+
 @pytest.mark.slow
 def test_conditional_training_learns_to_use_the_control(tmp_path):
     """Two skeletons on identical points: only the control tells them apart, and after
     training the greedy sample follows it."""
-    from sortedjax.train import TrainConfig
-    from symreg.train import make_arrays
-
     X = np.linspace(-2, 2, 20)[:, None].astype(np.float32)
     y = np.zeros(20, np.float32)  # same y: the points carry no information
     insts = [{"X": X, "y": y, "skeleton": s, "n_vars": 1} for s in ("sin(x1)", "exp(x1)")] * 8

@@ -1,4 +1,5 @@
-"""SymbolicGPT model invariants: T-net set invariance, causal decoder, tied output, config."""
+"""SymbolicGPT model invariants: T-net set invariance, causal decoder, tied output, config, the
+decoder's conditioning arguments (``input_bias``, ``hook``)."""
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from symreg.model import ModelConfig, SymbolicGPT, make_points
+from symreg.model import ModelConfig, SymbolicGPT, init_cache, make_points
 
 CFG = ModelConfig.preset("tiny", vocab_size=17, max_len=12, max_vars=2)
 
@@ -58,6 +59,43 @@ def test_decoder_is_causal(model):
     logits2, _ = model.decode(changed, z)
     np.testing.assert_allclose(logits[:, :6], logits2[:, :6], rtol=1e-5, atol=1e-5)
     assert not np.allclose(logits[:, 6:], logits2[:, 6:])
+
+
+def test_decode_input_bias_and_hook(model):
+    """No bias and the identity hook are exactly the plain decoder; a B x E bias is a shift of
+    ``z``, a B x T x E one is added per position; a hook's change reaches the logits, in the
+    full and the cached pass alike."""
+    rng = np.random.default_rng(1)
+    tokens = jnp.asarray(rng.integers(1, CFG.vocab_size, (2, 7)))
+    z = jnp.asarray(rng.normal(size=(2, CFG.embed)), jnp.float32)
+    bias = jnp.asarray(rng.normal(size=(2, CFG.embed)), jnp.float32)
+    plain, _ = model.decode(tokens, z)
+
+    def identity(i, h_in, h_out, state):
+        return h_out, state
+
+    same, _ = model.decode(tokens, z, input_bias=jnp.zeros_like(z), hook=identity, hook_state=jnp.zeros(()))
+    np.testing.assert_array_equal(same, plain)
+    np.testing.assert_array_equal(model.decode(tokens, z, input_bias=bias)[0], model.decode(tokens, z + bias)[0])
+    per_pos = jnp.broadcast_to(bias[:, None], (2, 7, CFG.embed))
+    np.testing.assert_allclose(
+        model.decode(tokens, z, input_bias=per_pos)[0], model.decode(tokens, z + bias)[0], atol=1e-5
+    )
+
+    def shift(i, h_in, h_out, scale_L):
+        return h_out + scale_L[i], scale_L
+
+    scale = jnp.asarray(rng.normal(size=(CFG.n_layers, CFG.embed)), jnp.float32)  # not uniform: LayerNorm drops that
+    shifted, _ = model.decode(tokens, z, hook=shift, hook_state=scale)
+    assert np.abs(np.asarray(shifted - plain)).max() > 1e-3
+    cache, steps = init_cache(CFG, 2), []
+    for t in range(tokens.shape[1]):
+        logits, cache = model.decode(
+            tokens[:, t : t + 1], z, start=t, cache=cache, input_bias=bias, hook=shift, hook_state=scale
+        )
+        steps.append(logits[:, 0])
+    full, _ = model.decode(tokens, z, input_bias=bias, hook=shift, hook_state=scale)
+    np.testing.assert_allclose(jnp.stack(steps, 1), full, atol=1e-4)
 
 
 def test_output_projection_is_tied(model):
