@@ -3,7 +3,10 @@
 A :class:`SubModel` is a pytree of int32 scalars, one per dimension a model supports
 (``depth``, ``width``, ``heads``, ``rank``); a dimension a model does not truncate is
 ``None``. Because the sizes are *data* (not static), changing the sub-model never
-recompiles a jitted step.
+recompiles a jitted step. A ``None`` field is pytree *structure*, though: the models fill unset
+sizes with their full size at their boundary (:meth:`SubModel.filled` against ``model.limits``),
+so the full model, any sub-model and any ``exit_layer`` share one compiled program; a caller
+passing sub-models into its own ``jax.jit`` fills them first.
 
 A :class:`Pool` says which sub-models are trained and how often:
 
@@ -51,6 +54,35 @@ class SubModel:
     def as_dict(self) -> dict[str, int]:
         """Concrete sizes as Python ints (outside jit)."""
         return {k: int(v) for k in DIMS if (v := getattr(self, k)) is not None}
+
+    def filled(self, limits: Mapping[str, int]) -> SubModel:
+        """This sub-model with every dimension ``limits`` names set (an unset one at its limit: the
+        full size) and every size an int32 array.
+
+        A jitted function compiles once per pytree structure of its arguments, and a ``None`` field
+        is structure, not data: ``SubModel.of(depth=3)`` and ``SubModel.of(heads=2)`` differ. Filled
+        against the same limits (``model.limits``) every sub-model has one structure, so one
+        compiled program serves them all; the models fill at their boundary
+        (:func:`sortedjax.models.common.sizes`), a caller that passes sub-models into its own
+        ``jax.jit`` fills them before the call."""
+        out = {}
+        for d in DIMS:
+            v = getattr(self, d)
+            if v is None and d in limits:
+                v = limits[d]
+            out[d] = None if v is None else jnp.asarray(v, jnp.int32)
+        return SubModel(**out)
+
+    def __repr__(self) -> str:
+        return f"SubModel({', '.join(f'{d}={_show(v)}' for d in DIMS if (v := getattr(self, d)) is not None)})"
+
+
+def _show(v) -> str:
+    """A size for a repr: an int, a list of ints (stacked sub-models), or ``traced`` inside jit."""
+    if isinstance(v, jax.core.Tracer):
+        return f"traced {v.dtype}{list(v.shape)}"
+    a = np.asarray(v)
+    return str(int(a)) if a.ndim == 0 else str(a.tolist())
 
 
 def check_sizes(sub: SubModel | Mapping[str, int] | None, limits: Mapping[str, int]) -> None:
@@ -118,6 +150,19 @@ class Dim:
     def probs(self) -> np.ndarray:
         return _probs(self.support, self.distribution, self.p, self.weights)
 
+    def describe(self) -> str:
+        """``1..4 uniform``, ``[16, 32, 64] geometric(p=0.5)``, ``[1, 2] weights(0.3, 0.7)``."""
+        s = self.support
+        sizes = f"{s[0]}..{s[-1]}" if len(s) > 2 and s == tuple(range(s[0], s[-1] + 1)) else str(list(s))
+        if self.distribution == "geometric":
+            return f"{sizes} geometric(p={self.p:g})"
+        if self.distribution == "weights":
+            return f"{sizes} weights({', '.join(f'{w:g}' for w in self.weights)})"
+        return f"{sizes} {self.distribution}"
+
+    def __repr__(self) -> str:
+        return f"Dim({self.describe()})"
+
     @classmethod
     def range(cls, lo: int, hi: int, **kw) -> Dim:
         """Support ``lo..hi`` inclusive."""
@@ -163,6 +208,7 @@ class Pool:
             self.names = tuple(d for d in DIMS if d in names)
             self.dims = None
             self._configs = np.asarray([[int(c[k]) for k in self.names] for c in configs], np.int32)
+            self._weights = None if weights is None else tuple(float(w) for w in weights)
             self._config_probs = _probs(
                 tuple(range(len(configs))), "uniform" if weights is None else "weights", None, weights
             )
@@ -172,6 +218,18 @@ class Pool:
                 check_sizes({k: np.asarray(d.support) for k, d in self.dims.items()}, limits)
             else:
                 check_sizes({k: self._configs[:, i] for i, k in enumerate(self.names)}, limits)
+
+    def __repr__(self) -> str:
+        """``Pool(depth=1..4 uniform, width=[32, 64] geometric(p=0.5))``, or for a config pool
+        ``Pool(configs=[{depth=2, width=32}, {depth=4, width=64}], weights=(1, 3))`` (long lists
+        elided, with their count)."""
+        if self.dims is not None:
+            return f"Pool({', '.join(f'{k}={d.describe()}' for k, d in self.dims.items())})"
+        rows = ["{" + ", ".join(f"{k}={int(v)}" for k, v in zip(self.names, row)) + "}" for row in self._configs]
+        if len(rows) > 6:
+            rows = rows[:3] + [f"... {len(rows)} configs ..."] + rows[-1:]
+        w = "" if self._weights is None else f", weights=({', '.join(f'{x:g}' for x in self._weights)})"
+        return f"Pool(configs=[{', '.join(rows)}]{w})"
 
     @classmethod
     def from_configs(cls, configs, weights=None, limits=None) -> Pool:

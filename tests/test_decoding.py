@@ -10,7 +10,9 @@ from test_llama import save_hf
 
 from sortedjax import decoding
 from sortedjax.decoding import common, early_exit, plain
+from sortedjax.extract import extract
 from sortedjax.models import llama
+from sortedjax.submodel import SubModel
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +92,49 @@ def test_exit_generation_equals_exported_submodel_in_transformers(ckpt, tmp_path
         decoding.generate(model, tokens, attention_mask=mask, max_new_tokens=8, exit_layer=2),
         hf_greedy(sub, tokens, mask, 8, eos=63),
     )
+
+
+@pytest.mark.parametrize("sizes", [dict(width=40, heads=2), dict(depth=3, width=24, heads=2)])
+def test_width_and_heads_submodels_decode_as_their_extracted_model(ckpt, sizes):
+    _, _, model = ckpt
+    sub = SubModel.of(**sizes)
+    tokens, mask = left_padded()
+    ours = decoding.generate(model, tokens, attention_mask=mask, max_new_tokens=8, sub=sub)
+    assert not np.array_equal(ours, decoding.generate(model, tokens, attention_mask=mask, max_new_tokens=8))
+    small = extract(model, sub)
+    np.testing.assert_array_equal(ours, decoding.generate(small, tokens, attention_mask=mask, max_new_tokens=8))
+    # the masked model's own full forward, argmax token by token (no cache)
+    seq, seq_mask = tokens, mask
+    for _ in range(8):
+        nxt = np.argmax(model(jnp.asarray(seq), attention_mask=jnp.asarray(seq_mask), sub=sub)[:, -1], -1)
+        seq, seq_mask = np.concatenate([seq, nxt[:, None]], 1), np.pad(seq_mask, ((0, 0), (0, 1)), constant_values=1)
+    np.testing.assert_array_equal(ours, seq[:, tokens.shape[1] :])
+    # self-speculative decoding of the sub-model (its first layer drafts) and early exit that never exits
+    spec, _ = decoding.speculative_generate(
+        model, tokens, attention_mask=mask, max_new_tokens=8, draft_exit=1, num_draft=3, sub=sub
+    )
+    np.testing.assert_array_equal(spec, ours)
+    never, used = decoding.early_exit_generate(
+        model, tokens, attention_mask=mask, max_new_tokens=8, exits=(1, 2), threshold=1.1, sub=sub
+    )
+    np.testing.assert_array_equal(never, ours)
+    assert (used == sizes.get("depth", 4)).all()
+
+
+def test_exit_layer_is_a_shorthand_for_sub_depth(ckpt):
+    _, _, model = ckpt
+    np.testing.assert_array_equal(
+        decoding.generate(model, PROMPTS, max_new_tokens=6, exit_layer=2),
+        decoding.generate(model, PROMPTS, max_new_tokens=6, sub=SubModel.of(depth=2)),
+    )
+    with pytest.raises(ValueError, match="give the depth once"):
+        decoding.generate(model, PROMPTS, max_new_tokens=2, exit_layer=2, sub=SubModel.of(depth=2))
+    with pytest.raises(ValueError, match=r"width 65 outside the allowed range 1\.\.64"):
+        decoding.generate(model, PROMPTS, max_new_tokens=2, sub=SubModel.of(width=65))
+    with pytest.raises(ValueError, match="draft_exit 3 is past the decoded sub-model's depth 2"):
+        decoding.speculative_generate(model, PROMPTS, max_new_tokens=2, draft_exit=3, sub=SubModel.of(depth=2))
+    with pytest.raises(ValueError, match="exit 3 is past the decoded sub-model's depth 2"):
+        decoding.early_exit_generate(model, PROMPTS, max_new_tokens=2, exits=(1, 3), sub=SubModel.of(depth=2))
 
 
 def test_prefill_and_step_compile_once(ckpt):

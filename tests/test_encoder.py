@@ -11,6 +11,7 @@ import safetensors.numpy
 import torch
 import transformers
 from flax import nnx
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
 from sortedjax.extract import extract
 from sortedjax.models import encoder
@@ -101,6 +102,59 @@ def test_roberta_positions_start_after_pad_and_skip_pads(tmp_path):
     np.testing.assert_array_equal(model.default_positions(jnp.asarray(tokens))[0], [2, 3, 1, 4, 1, 1])
     with pytest.raises(ValueError, match="input length 39 exceeds the model's 38 positions"):
         model(jnp.full((1, 39), 5))
+
+
+def bert_tokenizer():
+    """A BERT-style word-level fast tokenizer built offline (``[CLS] a [SEP] b [SEP]``, token types 0 / 1)."""
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    words = "the cat sat on a mat dog ran far away".split()
+    tok = Tokenizer(models.WordLevel({t: i for i, t in enumerate(specials + words)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A:0 [SEP]:0 $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
+    )
+
+
+def test_tokenizer_output_and_last_hidden_state_match_transformers(tmp_path):
+    ref = save_hf(tmp_path)
+    model = encoder.from_pretrained(str(tmp_path))
+    tok = bert_tokenizer()
+    texts, pairs = ["the cat sat", "a dog ran far away"], ["on a mat", "the mat"]
+    enc = tok(texts, pairs, padding=True, return_tensors="np")
+    assert set(enc) == {"input_ids", "token_type_ids", "attention_mask"}
+    assert enc["token_type_ids"].any() and not enc["attention_mask"].all()  # the test sees types and padding
+    with torch.no_grad():
+        pt = {k: torch.tensor(v) for k, v in enc.items()}
+        theirs, base = ref(**pt).logits.numpy(), ref.bert(**pt)
+    logits = model(**enc)
+    np.testing.assert_allclose(logits, theirs, atol=1e-4, rtol=1e-4)
+    ids, mask, types = (jnp.asarray(enc[k]) for k in ("input_ids", "attention_mask", "token_type_ids"))
+    np.testing.assert_allclose(model(ids, mask, types), logits, atol=1e-6, rtol=1e-6)  # positional calls as before
+    np.testing.assert_allclose(model(**{k: jnp.asarray(v) for k, v in enc.items()}), logits, atol=1e-6, rtol=1e-6)
+    np.testing.assert_allclose(model(**tok(texts, pairs, padding=True)), logits, atol=1e-6, rtol=1e-6)  # lists
+    # headless: transformers' BertModel outputs, the last layer by default
+    out = model(**enc, head=False)
+    np.testing.assert_allclose(out.last_hidden_state, base.last_hidden_state.numpy(), atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(out["pooler_output"], base.pooler_output.numpy(), atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(model.last_hidden_state(**enc), out.last_hidden_state, atol=1e-6, rtol=1e-6)
+    # a sub-model's last hidden state: the state after its depth, as hidden_states reads it
+    h = model(**enc, head=False, sub=SubModel.of(depth=2, width=16)).last_hidden_state
+    h2 = model.hidden_states(ids, (2,), mask, types, sub=SubModel.of(width=16))[0]
+    np.testing.assert_allclose(h, h2, atol=1e-6, rtol=1e-6)
+    assert float(jnp.abs(h[..., 16:]).max()) == 0.0
+    with pytest.raises(TypeError, match="give tokens_BxL or input_ids, not both"):
+        model(ids, input_ids=ids)
+    with pytest.raises(TypeError, match="needs the token ids"):
+        model(attention_mask=mask)
 
 
 @pytest.mark.slow

@@ -44,6 +44,42 @@ def test_pool_from_configs_and_targeted():
     assert len(Pool({"width": Dim.range(1, 4), "depth": Dim(support=(1, 2))}).configs()) == 8
 
 
+def test_submodel_and_pool_print_readably():
+    assert repr(SubModel.of(depth=3, width=64)) == "SubModel(depth=3, width=64)"
+    assert repr(SubModel()) == "SubModel()"
+    assert repr(SubModel.of(heads=2, rank=4)) == "SubModel(heads=2, rank=4)"
+    assert repr(Pool.from_configs([{"depth": 1}, {"depth": 3}]).stacked()) == "SubModel(depth=[1, 3])"
+    seen = []
+    jax.jit(lambda s: seen.append(repr(s)))(SubModel.of(depth=3))
+    assert seen == ["SubModel(depth=traced int32[])"]
+    pool = Pool(
+        {
+            "depth": Dim.range(1, 4),
+            "width": Dim(support=(16, 32, 64), distribution="geometric", p=0.5),
+            "heads": Dim(support=(1, 2), weights=(0.3, 0.7)),
+        }
+    )
+    assert repr(pool) == "Pool(depth=1..4 uniform, width=[16, 32, 64] geometric(p=0.5), heads=[1, 2] weights(0.3, 0.7))"
+    assert repr(Dim.range(2, 3)) == "Dim([2, 3] uniform)"
+    configs = Pool.from_configs([{"depth": 2, "width": 32}, {"depth": 4, "width": 64}], weights=[1, 3])
+    assert repr(configs) == "Pool(configs=[{depth=2, width=32}, {depth=4, width=64}], weights=(1, 3))"
+    many = Pool.from_configs([{"depth": d} for d in range(1, 10)])
+    assert repr(many) == "Pool(configs=[{depth=1}, {depth=2}, {depth=3}, ... 9 configs ..., {depth=9}])"
+
+
+def test_filled_sets_every_limited_dimension_as_int32():
+    limits = {"depth": 4, "width": 64, "heads": 4}
+    full = SubModel.of(depth=3).filled(limits)
+    assert full.as_dict() == {"depth": 3, "width": 64, "heads": 4}
+    assert full.rank is None and all(getattr(full, d).dtype == jnp.int32 for d in limits)
+    assert SubModel.of(rank=2).filled(limits).as_dict() == {"depth": 4, "width": 64, "heads": 4, "rank": 2}
+    # one pytree structure for every sub-model: a jitted function of a filled sub-model compiles once
+    f = jax.jit(lambda s: s.depth + s.width + s.heads)
+    for sub in (SubModel(), SubModel.of(depth=3), SubModel.of(heads=2), SubModel.of(depth=2, width=30)):
+        f(sub.filled(limits))
+    assert f._cache_size() == 1
+
+
 @pytest.mark.parametrize(
     "kw, msg",
     [

@@ -22,23 +22,25 @@ import numpy as np
 from flax import nnx
 
 from sortedjax.nn import KVCache
+from sortedjax.submodel import SubModel, check_sizes
 
 BUCKET = 64  # cache lengths are multiples of this: fewer recompilations
 
 
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=4)
-def prefill(graphdef, state, tokens_BxP, mask_BxP, cache: KVCache, exit_layer):
-    """Logits of each row's last real prompt token at ``exit_layer``, the filled cache and each
-    row's number of real tokens (the RoPE position of its next token)."""
+def prefill(graphdef, state, tokens_BxP, mask_BxP, cache: KVCache, exit_layer, sub: SubModel | None = None):
+    """Logits of each row's last real prompt token at ``exit_layer`` (of the sub-model of layer
+    sizes ``sub``, see :func:`layer_sizes`), the filled cache and each row's number of real tokens
+    (the RoPE position of its next token)."""
     model = nnx.merge(graphdef, state)
     P = tokens_BxP.shape[1]
     mask = mask_BxP.astype(bool)
     pos = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
     cache = dataclasses.replace(cache, valid=cache.valid.at[:, :P].set(mask))
-    h, cache = model.forward_cached(tokens_BxP, cache, start=0, positions_BxT=pos, exit_layer=exit_layer)
+    h, cache = model.forward_cached(tokens_BxP, cache, start=0, positions_BxT=pos, exit_layer=exit_layer, sub=sub)
     last = jnp.max(jnp.where(mask, jnp.arange(P), 0), axis=1)  # last real token per row
     h_last = jnp.take_along_axis(h, last[:, None, None], axis=1)[:, 0]
-    return model.logits_at_exit(h_last, exit_layer), cache, mask.sum(1).astype(jnp.int32)
+    return model.logits_at_exit(h_last, exit_layer, sub=sub), cache, mask.sum(1).astype(jnp.int32)
 
 
 def pad_prompts(prompt_ids, attention_mask=None, pad_id: int = 0):
@@ -82,14 +84,35 @@ class Started:
     logits: jax.Array  # B x V at the prefill's exit
     cache: KVCache
     pos: jax.Array  # B: RoPE position of the next token
+    depth: jax.Array  # int32: the exit (sub-model depth) the prefill ran to
+    sub: SubModel  # the layer sizes (width / heads / rank) of layer_sizes
 
     @property
     def P(self):
         return jnp.int32(self.tokens.shape[1])
 
 
-def start(model, prompt_ids, attention_mask, pad_id, max_new_tokens, exit_layer=None, extra=0) -> Started:
-    """Check the arguments on the host, pick the cache bucket, prefill at ``exit_layer``."""
+def layer_sizes(model, sub: SubModel | None, exit_layer=None) -> tuple[jax.Array, SubModel]:
+    """(depth, layer sizes) of sub-model ``sub`` (``exit_layer``: a shorthand for ``sub.depth``),
+    checked against ``model.limits`` on the host: the depth as an int32 (the full depth when unset)
+    and ``sub`` without its depth, every other dimension of ``model.limits`` filled
+    (:meth:`SubModel.filled`), so every sub-model decodes with one compiled loop."""
+    if sub is not None and not isinstance(sub, SubModel):
+        raise TypeError(f"sub must be a sortedjax.SubModel, got {type(sub).__name__}")
+    sub = sub or SubModel()
+    if exit_layer is not None and sub.depth is not None:
+        raise ValueError("give the depth once: sub=SubModel(depth=...) or exit_layer=..., not both")
+    depth = jnp.int32(model.check_exit(sub.depth if exit_layer is None else exit_layer))
+    rest = dataclasses.replace(sub, depth=None)
+    check_sizes(rest, model.limits)
+    return depth, rest.filled({k: v for k, v in model.limits.items() if k != "depth"})
+
+
+def start(
+    model, prompt_ids, attention_mask, pad_id, max_new_tokens, exit_layer=None, extra=0, sub: SubModel | None = None
+) -> Started:
+    """Check the arguments on the host, pick the cache bucket, prefill sub-model ``sub`` (or the
+    first ``exit_layer`` layers)."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     tokens, mask = pad_prompts(prompt_ids, attention_mask, pad_id)
@@ -102,12 +125,12 @@ def start(model, prompt_ids, attention_mask, pad_id, max_new_tokens, exit_layer=
             "trained on these positions",
             stacklevel=3,
         )
-    exit_ = jnp.int32(model.check_exit(exit_layer))
+    exit_, layers = layer_sizes(model, sub, exit_layer)
     S = -(-(tokens.shape[1] + max_new_tokens + extra) // BUCKET) * BUCKET
     graphdef, state = nnx.split(model)
     cache = model.init_cache(tokens.shape[0], S)
-    logits, cache, pos = prefill(graphdef, state, jnp.asarray(tokens), jnp.asarray(mask), cache, exit_)
-    return Started(graphdef, state, tokens, logits, cache, pos)
+    logits, cache, pos = prefill(graphdef, state, jnp.asarray(tokens), jnp.asarray(mask), cache, exit_, layers)
+    return Started(graphdef, state, tokens, logits, cache, pos, exit_, layers)
 
 
 def stop_mask(model, stop_tokens: Sequence[int]) -> jax.Array:

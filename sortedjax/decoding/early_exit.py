@@ -21,6 +21,7 @@ from flax import nnx
 
 import sortedjax.decoding.common as common
 from sortedjax.decoding.plain import lax_set
+from sortedjax.submodel import SubModel
 
 # thesis 5.5.3: LLaMA-2 13B (40 layers), thresholds for exits 12, 16, ..., 36
 THESIS_EXITS = (12, 16, 20, 24, 28, 32, 36)
@@ -34,17 +35,21 @@ def thesis_thresholds(exits: Sequence[int], num_layers: int) -> tuple[float, ...
     return tuple(float(np.interp(e / num_layers, rel, THESIS_THRESHOLDS)) for e in exits)
 
 
-def _segments(model, exits, threshold):
+def _segments(model, exits, threshold, depth=None):
     """(bounds N+1, thresholds N): ``bounds[j]..bounds[j+1]`` is segment ``j``, checked against
-    ``thresholds[j]`` at its end; the last segment ends at layer N with threshold -1 (always)."""
+    ``thresholds[j]`` at its end; the last segment ends at layer ``depth`` (the decoded
+    sub-model's; ``None``: N) with threshold -1 (always)."""
     N = model.num_layers
+    D = N if depth is None else int(depth)
     exits = [int(e) for e in exits]
     if not exits:
         raise ValueError("exits must name at least one layer (1-based), got an empty list")
     for e in exits:
         model.check_exit(e)
+        if e > D:
+            raise ValueError(f"exit {e} is past the decoded sub-model's depth {D}")
     if threshold is None:
-        thr = thesis_thresholds(exits, N)
+        thr = thesis_thresholds(exits, D)
     elif np.ndim(threshold) == 0:
         thr = (float(threshold),) * len(exits)
     else:
@@ -52,27 +57,31 @@ def _segments(model, exits, threshold):
         if len(thr) != len(exits):
             raise ValueError(f"threshold has {len(thr)} values for {len(exits)} exits: give one per exit")
     by_exit = dict(zip(exits, thr))
-    inner = sorted(e for e in by_exit if e < N)
-    bounds = [0] + inner + [N] * (N + 1 - len(inner) - 1)
+    inner = sorted(e for e in by_exit if e < D)
+    bounds = [0] + inner + [D] * (N + 1 - len(inner) - 1)
     thresholds = [by_exit[e] for e in inner] + [-1.0] * (N - len(inner))
     return jnp.asarray(bounds, jnp.int32), jnp.asarray(thresholds, jnp.float32), len(inner) + 1
 
 
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
-def early_exit_loop(graphdef, state, cache, first_logits, P, pos_B, bounds, thresholds, stop_V, max_new, pad_id):
-    """Tokens and the layer each left at, both ``B x S`` (greedy)."""
+def early_exit_loop(
+    graphdef, state, cache, first_logits, P, pos_B, bounds, thresholds, stop_V, max_new, pad_id, depth=None, sub=None
+):
+    """Tokens and the layer each left at, both ``B x S`` (greedy). ``depth``: the decoded
+    sub-model's last layer (``None``: every layer), ``sub`` its layer sizes (width / heads / rank,
+    :func:`sortedjax.decoding.common.layer_sizes`)."""
     model = nnx.merge(graphdef, state)
-    N = model.num_layers
+    N = model.num_layers if depth is None else depth
     B, S = cache.valid.shape
 
     def keep_left(i, h_in, h_out, left):  # a row that left keeps its state (its K/V: state copying)
         return jnp.where(left[:, None, None], h_in, h_out), left
 
     def token(tok, slot, pos, cache):
-        kw = dict(start=slot, positions_BxT=pos[:, None], hook=keep_left)
+        kw = dict(start=slot, positions_BxT=pos[:, None], hook=keep_left, sub=sub)
 
         def check(j, h, left, nxt, used):
-            probs = jax.nn.softmax(model.logits_at_exit(h[:, 0], bounds[j + 1]), axis=-1)
+            probs = jax.nn.softmax(model.logits_at_exit(h[:, 0], bounds[j + 1], sub=sub), axis=-1)
             hit = ~left & (probs.max(-1) >= thresholds[j])
             return left | hit, jnp.where(hit, probs.argmax(-1), nxt), jnp.where(hit, bounds[j + 1], used)
 
@@ -92,7 +101,15 @@ def early_exit_loop(graphdef, state, cache, first_logits, P, pos_B, bounds, thre
         )
         # every row has left: layers bounds[j]..N only get keys / values from the frozen states
         _, cache = model.forward_cached(
-            tok[:, None], cache, start=slot, positions_BxT=pos[:, None], start_layer=bounds[j], h_BxTxD=h, kv_only=True
+            tok[:, None],
+            cache,
+            start=slot,
+            positions_BxT=pos[:, None],
+            start_layer=bounds[j],
+            h_BxTxD=h,
+            kv_only=True,
+            exit_layer=N,
+            sub=sub,
         )
         return nxt.astype(jnp.int32), used, cache
 
@@ -120,16 +137,19 @@ def early_exit_generate(
     stop_tokens: Sequence[int] = (),
     pad_id: int = 0,
     attention_mask=None,
+    sub: SubModel | None = None,
 ):
-    """Greedy decoding with confidence-based early exit (prompt prefilled at full depth).
+    """Greedy decoding with confidence-based early exit (prompt prefilled at full depth) of
+    sub-model ``sub`` (``None``: the full model; its width, heads and rank apply at every exit,
+    its depth is the last layer, at least every exit).
 
     Each new token is taken at the first layer in ``exits`` whose softmax top probability reaches
     that exit's threshold (else at the last layer). ``threshold``: one value for every exit, one
     per exit, or ``None`` for the thesis' schedule (:func:`thesis_thresholds`). Returns (tokens,
     exit layer used per token), both numpy B x max_new_tokens (the layer is 0 after a stop).
     """
-    bounds, thresholds, _ = _segments(model, exits, threshold)
-    st = common.start(model, prompt_ids, attention_mask, pad_id, max_new_tokens)
+    bounds, thresholds, _ = _segments(model, exits, threshold, common.layer_sizes(model, sub)[0])
+    st = common.start(model, prompt_ids, attention_mask, pad_id, max_new_tokens, sub=sub)
     out, used, _ = early_exit_loop(
         st.graphdef,
         st.state,
@@ -142,6 +162,8 @@ def early_exit_generate(
         common.stop_mask(model, stop_tokens),
         jnp.int32(max_new_tokens),
         jnp.int32(pad_id),
+        st.depth,
+        st.sub,
     )
     tokens = common.finish(out, max_new_tokens, stop_tokens, pad_id)
     return tokens, np.asarray(used[:, :max_new_tokens])

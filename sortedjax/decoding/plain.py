@@ -12,16 +12,18 @@ from flax import nnx
 
 import sortedjax.decoding.common as common
 from sortedjax.sampling import sample
+from sortedjax.submodel import SubModel
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=3)
 def decode_loop(
-    graphdef, with_logits, state, cache, first_logits, P, pos_B, exit_, key, controls, stop_V, max_new, pad_id
+    graphdef, with_logits, state, cache, first_logits, P, pos_B, exit_, key, controls, stop_V, max_new, pad_id, sub=None
 ):
     """Tokens ``B x S`` (column ``t``: new token ``t``; ``pad_id`` where none was made) and, with
     ``with_logits``, their logits ``B x S x V``. Token ``t`` is drawn with ``fold_in(key, P + t - 1)``
     (the slot of the token it follows); the loop stops when every row hit a stop token or made
-    ``max_new`` tokens."""
+    ``max_new`` tokens. ``sub``: the layer sizes (width / heads / rank) of the sub-model decoded
+    at depth ``exit_`` (:func:`sortedjax.decoding.common.layer_sizes`)."""
     model = nnx.merge(graphdef, state)
     B, S = cache.valid.shape
     tok = sample(first_logits, jax.random.fold_in(key, P - 1), *controls)
@@ -32,9 +34,9 @@ def decode_loop(
         t, tok, done, out, lg, cache = c
         slot = P + t - 1
         h, cache = model.forward_cached(
-            tok[:, None], cache, start=slot, positions_BxT=(pos_B + t - 1)[:, None], exit_layer=exit_
+            tok[:, None], cache, start=slot, positions_BxT=(pos_B + t - 1)[:, None], exit_layer=exit_, sub=sub
         )
-        logits = model.logits_at_exit(h, exit_)[:, 0]
+        logits = model.logits_at_exit(h, exit_, sub=sub)[:, 0]
         tok = sample(logits, jax.random.fold_in(key, slot), *controls)
         out = lax_set(out, t, tok)
         lg = lax_set(lg, t, logits) if with_logits else None
@@ -56,6 +58,7 @@ def generate(
     *,
     max_new_tokens: int,
     exit_layer=None,
+    sub: SubModel | None = None,
     temperature: float = 0.0,
     top_k: int | None = None,
     top_p: float | None = None,
@@ -65,14 +68,16 @@ def generate(
     attention_mask=None,
     return_logits: bool = False,
 ):
-    """Generate ``max_new_tokens`` per row with a KV cache, logits taken after ``exit_layer``.
+    """Generate ``max_new_tokens`` per row with a KV cache from sub-model ``sub`` (``depth``, ``width``,
+    ``heads``, ``rank`` as the model defines them; ``None``: the full model). ``exit_layer=e`` is a
+    shorthand for ``sub=SubModel.of(depth=e)``. Every sub-model shares one compiled loop.
 
     ``prompt_ids``: B x P (padded per ``attention_mask``, left or right) or a ragged list
     (left-padded here). Returns numpy B x max_new_tokens token ids; after a row's stop token
     the row holds ``pad_id``. ``return_logits`` also returns the B x T x V step logits. The
     prefill and one on-device loop run; nothing returns to the host per token.
     """
-    st = common.start(model, prompt_ids, attention_mask, pad_id, max_new_tokens, exit_layer)
+    st = common.start(model, prompt_ids, attention_mask, pad_id, max_new_tokens, exit_layer, sub=sub)
     controls = (jnp.float32(temperature), jnp.int32(top_k or 0), jnp.float32(1.0 if top_p is None else top_p))
     out, lg, _ = decode_loop(
         st.graphdef,
@@ -82,12 +87,13 @@ def generate(
         st.logits,
         st.P,
         st.pos,
-        jnp.int32(model.check_exit(exit_layer)),
+        st.depth,
         jax.random.key(seed),
         controls,
         common.stop_mask(model, stop_tokens),
         jnp.int32(max_new_tokens),
         jnp.int32(pad_id),
+        st.sub,
     )
     tokens = common.finish(out, max_new_tokens, stop_tokens, pad_id)
     if not return_logits:

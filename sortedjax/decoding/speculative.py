@@ -22,16 +22,35 @@ from flax import nnx
 
 import sortedjax.decoding.common as common
 from sortedjax.sampling import distribution, sample
+from sortedjax.submodel import SubModel
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=3)
 def speculate_loop(
-    graphdef, W, state, cache, first_logits, P, pos_B, draft, k0, adaptive, key, controls, stop_V, max_new, pad_id
+    graphdef,
+    W,
+    state,
+    cache,
+    first_logits,
+    P,
+    pos_B,
+    draft,
+    k0,
+    adaptive,
+    key,
+    controls,
+    stop_V,
+    max_new,
+    pad_id,
+    target=None,
+    sub=None,
 ):
     """Tokens ``B x S`` and per-row counts (drafted, accepted, verifications). ``W``: the widest
-    draft (static); ``draft``, ``k0`` (first K), ``adaptive`` are traced."""
+    draft (static); ``draft``, ``k0`` (first K), ``adaptive`` are traced. ``target``: the depth
+    verified (``None``: every layer) and ``sub`` the layer sizes (width / heads / rank) of the
+    sub-model decoded (:func:`sortedjax.decoding.common.layer_sizes`), the draft's too."""
     model = nnx.merge(graphdef, state)
-    N = model.num_layers
+    N = model.num_layers if target is None else target
     B, S = cache.valid.shape
     dist = functools.partial(distribution, temperature=controls[0], top_k=controls[1], top_p=controls[2])
     rows = jnp.arange(B)
@@ -40,9 +59,9 @@ def speculate_loop(
 
     def draft_token(tok_B, j, slot_B, pos_B, cache):
         h, cache = model.forward_cached(
-            tok_B[:, None], cache, start=at(slot_B + j), positions_BxT=(pos_B + j)[:, None], exit_layer=draft
+            tok_B[:, None], cache, start=at(slot_B + j), positions_BxT=(pos_B + j)[:, None], exit_layer=draft, sub=sub
         )
-        return h[:, 0], dist(model.logits_at_exit(h, draft)[:, 0]), cache
+        return h[:, 0], dist(model.logits_at_exit(h, draft, sub=sub)[:, 0]), cache
 
     h_shape = jax.eval_shape(lambda c: draft_token(jnp.zeros((B,), jnp.int32), 0, pos_B, pos_B, c)[0], cache)
     x0 = sample(first_logits, jax.random.fold_in(key, P - 1), *controls)
@@ -78,10 +97,11 @@ def speculate_loop(
             start=at(slot),
             positions_BxT=pos[:, None] + jnp.arange(W + 1),
             exit_layer=N,
+            sub=sub,
             start_layer=draft,
             h_BxTxD=h_buf,
         )
-        p = dist(model.logits_at_exit(h, N))  # B x (W+1) x V: the full model after each chunk token
+        p = dist(model.logits_at_exit(h, N, sub=sub))  # B x (W+1) x V: the target after each chunk token
         # accept draft t+1 with probability min(1, p_t / q_t) at the drafted token
         d = chunk[:, 1:]
         p_d = jnp.take_along_axis(p[:, :W], d[..., None], -1)[..., 0]
@@ -129,6 +149,7 @@ def speculative_generate(
     num_draft: int = 4,
     adaptive: bool = False,
     max_draft: int = 8,
+    sub: SubModel | None = None,
     temperature: float = 0.0,
     top_k: int | None = None,
     top_p: float | None = None,
@@ -137,11 +158,13 @@ def speculative_generate(
     pad_id: int = 0,
     attention_mask=None,
 ):
-    """Self-speculative decoding with the first ``draft_exit`` layers as the draft.
+    """Self-speculative decoding of sub-model ``sub`` (``None``: the full model) with its first
+    ``draft_exit`` layers as the draft (the draft is a depth: ``sub``'s width, heads and rank apply
+    to it too; ``draft_exit`` at most ``sub.depth``).
 
     ``num_draft``: tokens drafted per verification (the first value when ``adaptive``; at most
     ``max_draft``, the static chunk width). Greedy (``temperature=0``) output equals
-    :func:`generate` greedy; sampled output follows the full model's distribution (with the same
+    :func:`generate` greedy (of the same ``sub``); sampled output follows the decoded model's distribution (with the same
     temperature / top-k / top-p). Returns ``(tokens B x max_new_tokens, stats)``: ``verifies`` (rounds
     of draft + verification), ``tokens_per_verify`` (tokens a row made per verification), ``acceptance_rate``
     (accepted / drafted) and ``rejection_ratio`` (rejected / drafted, the thesis' measure).
@@ -151,7 +174,10 @@ def speculative_generate(
         raise ValueError(f"max_draft must be >= 1, got {max_draft}")
     if not 1 <= num_draft <= max_draft:
         raise ValueError(f"num_draft must be in 1..max_draft={max_draft}, got {num_draft}")
-    st = common.start(model, prompt_ids, attention_mask, pad_id, max_new_tokens, None, extra=max_draft + 1)
+    depth = int(common.layer_sizes(model, sub)[0])
+    if draft_exit > depth:
+        raise ValueError(f"draft_exit {draft_exit} is past the decoded sub-model's depth {depth}")
+    st = common.start(model, prompt_ids, attention_mask, pad_id, max_new_tokens, None, extra=max_draft + 1, sub=sub)
     controls = (jnp.float32(temperature), jnp.int32(top_k or 0), jnp.float32(1.0 if top_p is None else top_p))
     out, counts, rounds, _ = speculate_loop(
         st.graphdef,
@@ -169,6 +195,8 @@ def speculative_generate(
         common.stop_mask(model, stop_tokens),
         jnp.int32(max_new_tokens),
         jnp.int32(pad_id),
+        st.depth,
+        st.sub,
     )
     drafted, accepted, row_verifies = (int(x.sum()) for x in counts)
     stats = {

@@ -11,6 +11,7 @@ stored flat, ``None``: stored as is). Kernels are torch ``Linear`` weights (``ou
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections.abc import Iterator, Mapping
@@ -71,18 +72,23 @@ def check_ids(tokens, num: int, what: str = "token id", where: str = "the vocabu
 
 
 def sizes(sub: SubModel | None, exit_layer, limits, model: nnx.Module | None = None) -> tuple:
-    """(depth, layer kwargs ``width`` / ``heads`` / ``rank``) of ``sub`` or ``exit_layer``, checked
-    (a concrete rank against the r_max of ``model``'s DyLoRA adapters)."""
+    """(depth, layer kwargs ``width`` / ``heads`` / ``rank``) of ``sub`` or ``exit_layer`` (a
+    shorthand for ``sub.depth``), checked (a concrete rank against the r_max of ``model``'s DyLoRA
+    adapters) and filled (:meth:`SubModel.filled`): every dimension of ``limits`` an int32 scalar,
+    an unset one at its limit, and the rank at r_max when ``model``'s adapters share one. So the
+    full model, every sub-model and every exit reach the layers as the same pytree structure, and
+    an eager call (:func:`sortedjax.nn.eager.jit_call`) or a trace compiles once for all of them."""
     if sub is not None and exit_layer is not None and sub.depth is not None:
         raise ValueError("give the depth once: sub=SubModel(depth=...) or exit_layer=..., not both")
     sub = sub or SubModel()
-    depth = sub.depth if exit_layer is None else exit_layer
-    check_sizes({"depth": depth, "width": sub.width, "heads": sub.heads}, limits)
-    if model is not None and sub.rank is not None and not isinstance(sub.rank, jax.core.Tracer):
-        r_max = [a.r_max for a in adapters(model).values()]
-        if r_max:
-            check_rank(sub.rank, min(r_max))
-    return depth, dict(width=sub.width, heads=sub.heads, rank=sub.rank)
+    if exit_layer is not None:
+        sub = dataclasses.replace(sub, depth=exit_layer)
+    check_sizes({"depth": sub.depth, "width": sub.width, "heads": sub.heads}, limits)
+    r_max = sorted({a.r_max for a in adapters(model).values()}) if model is not None else []
+    if r_max and sub.rank is not None and not isinstance(sub.rank, jax.core.Tracer):
+        check_rank(sub.rank, r_max[0])
+    full = sub.filled({**limits, **({"rank": r_max[0]} if len(r_max) == 1 else {})})
+    return full.depth, dict(width=full.width, heads=full.heads, rank=full.rank)
 
 
 def run_cached(

@@ -36,6 +36,32 @@ from sortedjax.submodel import SubModel
 _init = lambda k, s, d: nnx.initializers.normal(0.02)(k, s, d)  # noqa: E731
 
 
+def _one(name, value, alias, alias_value):
+    """``value`` or its Hugging Face-named ``alias`` (a ``TypeError`` when both are given)."""
+    if value is not None and alias_value is not None:
+        raise TypeError(f"give {name} or {alias}, not both")
+    if value is None and alias_value is None and name == "tokens_BxL":
+        raise TypeError("the encoder needs the token ids: tokens_BxL (positional) or input_ids=")
+    return alias_value if value is None else value
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class EncoderOutput:
+    """What ``Encoder(..., head=False)`` returns (transformers' ``BaseModelOutputWithPooling`` names):
+    ``last_hidden_state`` ``B x L x D`` (post-LN, after the sub-model's layers; features past its
+    width zero) and ``pooler_output`` ``B x D`` (``tanh(dense(h[:, 0]))``, BERT's pooler). Also
+    indexable by name, ``out["last_hidden_state"]``."""
+
+    last_hidden_state: jax.Array
+    pooler_output: jax.Array
+
+    def __getitem__(self, name: str):
+        if name not in ("last_hidden_state", "pooler_output"):
+            raise KeyError(name)
+        return getattr(self, name)
+
+
 class EncoderLayer(nnx.Module):
     """Post-LN: ``x = LN(x + attention(x)); x = LN(x + MLP(x))``."""
 
@@ -118,17 +144,48 @@ class Encoder(nnx.Module):
         return self.layers(x, depth=depth, exits=exits, mask=mask_BxL[:, None, :], **kw)
 
     def __call__(
-        self, tokens_BxL, attention_mask=None, token_type_ids=None, positions=None, *, sub: SubModel | None = None
+        self,
+        tokens_BxL=None,
+        attention_mask=None,
+        token_type_ids=None,
+        positions=None,
+        *,
+        sub: SubModel | None = None,
+        input_ids=None,
+        position_ids=None,
+        head: bool = True,
     ):
-        """Classification logits ``B x num_labels`` (regression values when ``num_labels == 1``)."""
+        """Classification logits ``B x num_labels`` (regression values when ``num_labels == 1``) of
+        sub-model ``sub`` (``None``: the full model).
+
+        Takes what a Hugging Face tokenizer returns, ``model(**tokenizer(texts, return_tensors="np"))``:
+        ``input_ids`` (the same as ``tokens_BxL``), ``attention_mask``, ``token_type_ids`` and
+        ``position_ids`` (the same as ``positions``) as numpy or jax arrays (or nested lists).
+        ``head=False``: no head, an :class:`EncoderOutput` (``last_hidden_state``, the state after
+        ``sub.depth`` layers, by default the last; ``pooler_output``), as transformers' ``BertModel``.
+        """
+        tokens_BxL = _one("tokens_BxL", tokens_BxL, "input_ids", input_ids)
+        positions = _one("positions", positions, "position_ids", position_ids)
+        tokens_BxL, attention_mask, token_type_ids, positions = (
+            None if x is None else jnp.asarray(x) for x in (tokens_BxL, attention_mask, token_type_ids, positions)
+        )
         depth, kw = common.sizes(sub, None, self.limits, self)
         self._check(tokens_BxL, token_type_ids, positions)
         args = (tokens_BxL, depth, attention_mask, token_type_ids, positions, kw)
-        return nn.eager.jit_call(self, "_logits", *args)
+        return nn.eager.jit_call(self, "_logits" if head else "_headless", *args)
 
     def _logits(self, tokens_BxL, depth, attention_mask, token_type_ids, positions, kw):
         h = self._run(tokens_BxL, depth, None, attention_mask, token_type_ids, positions, kw)
         return self._head(h, kw["width"], kw["rank"])
+
+    def _headless(self, tokens_BxL, depth, attention_mask, token_type_ids, positions, kw):
+        h = self._run(tokens_BxL, depth, None, attention_mask, token_type_ids, positions, kw)
+        pooled = self.pooled(h, sub=SubModel(width=kw["width"], rank=kw["rank"]))
+        return EncoderOutput(last_hidden_state=h, pooler_output=pooled)
+
+    def last_hidden_state(self, *args, **kwargs):
+        """``model(*args, **kwargs, head=False).last_hidden_state``: ``B x L x D`` after ``sub.depth`` layers."""
+        return self(*args, **kwargs, head=False).last_hidden_state
 
     def hidden_states(self, tokens_BxL, exits, attention_mask=None, token_type_ids=None, positions=None, *, sub=None):
         """Hidden states ``E x B x L x D`` after each exit (1-based layer counts; post-LN, as HF's)."""

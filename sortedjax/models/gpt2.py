@@ -120,7 +120,8 @@ class GPT2(nnx.Module):
     def __call__(
         self, tokens_BxL, exit_layer=None, attention_mask=None, positions=None, *, sub: SubModel | None = None
     ):
-        """Logits ``B x L x V`` of sub-model ``sub`` (or the first ``exit_layer`` blocks; may be traced)."""
+        """Logits ``B x L x V`` of sub-model ``sub`` (may be traced; ``exit_layer=n``: a shorthand for
+        ``sub=SubModel.of(depth=n)``); every sub-model is one compiled program (:func:`common.sizes`)."""
         depth, kw = common.sizes(sub, exit_layer, self.limits, self)
         self._check(tokens_BxL, positions)
         return nn.eager.jit_call(self, "_logits", tokens_BxL, depth, attention_mask, positions, kw)

@@ -187,7 +187,9 @@ class Llama(nnx.Module):
     def __call__(
         self, tokens_BxL, exit_layer=None, attention_mask=None, positions=None, *, sub: SubModel | None = None
     ):
-        """Logits B x L x V of sub-model ``sub`` (or the first ``exit_layer`` layers; may be traced).
+        """Logits B x L x V of sub-model ``sub`` (may be traced; ``exit_layer=n``: a shorthand for
+        ``sub=SubModel.of(depth=n)``). Unset sizes are filled (:func:`common.sizes`): every
+        sub-model, the full model included, is one compiled program.
 
         Sizes and token ids are checked here, on the host; called eagerly, the forward pass runs
         as one compiled program (:func:`sortedjax.nn.eager.jit_call`).
