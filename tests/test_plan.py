@@ -12,7 +12,8 @@ from sortedjax import sharding as shd
 from sortedjax.methods import soft
 from sortedjax.models.llama import Llama, LlamaConfig
 from sortedjax.planning import memory, plan
-from sortedjax.train import TrainConfig, make_optimizer, make_train_step
+from sortedjax.train import TrainConfig, jit_train_step, make_optimizer
+from sortedjax.train.step import init_opt_state, split_model
 
 CFG = LlamaConfig(
     vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
@@ -22,26 +23,21 @@ SPEC = plan.StepSpec(mode="soft", batch=16, seq=32, exits=(2, 4), opt_state_dtyp
 
 
 def _real_step(mesh):
-    """The same step compiled for real arrays, then run."""
+    """The step training runs (the same split, shardings and jit as train()), for real arrays, then run."""
     model = Llama(CFG, rngs=nnx.Rngs(0))
-    graphdef, params, *rest = nnx.split(model, nnx.Param, ...)
-    rest = tuple(rest)
+    graphdef, params, state, rest = split_model(model)
     tx = make_optimizer(TrainConfig(workdir="", steps=1, optimizer="adamw", grad_clip_norm=1.0))
-    p_s, o_s, r_s, rep = shd.train_shardings(tx, params, rest, mesh)
-    params, rest = jax.device_put(params, p_s), jax.device_put(rest, r_s)
-    opt = jax.jit(tx.init, out_shardings=o_s)(params)
     loss = soft.make_loss(soft.SoftConfig(mode="soft", exits=(2, 4), num_layers=4))
     rng = np.random.default_rng(0)
     tok = rng.integers(0, 128, (16, 33)).astype(np.int32)
     batch = shd.shard_batch({"inputs": tok[:, :-1], "targets": tok[:, 1:], "mask": np.ones((16, 32), np.float32)}, mesh)
-    b_s = jax.tree.map(lambda a: a.sharding, batch)
-    jstep = jax.jit(
-        make_train_step(graphdef, loss, tx),
-        in_shardings=(p_s, o_s, r_s, b_s, rep), out_shardings=(p_s, o_s, rep), donate_argnums=(0, 1),
-    )  # fmt: skip
+    jstep, sh = jit_train_step(graphdef, loss, tx, params, state, rest, mesh=mesh)  # as train() builds it
+    params, state, rest = jax.device_put(params, sh.params), jax.device_put(state, sh.state), jax.device_put(rest, sh.rest)
+    opt = init_opt_state(tx, params, sh)
+    args = (params, opt, state, rest, batch, jax.random.PRNGKey(0))
     with shd.use_mesh(mesh):
-        compiled = jstep.lower(params, opt, rest, batch, jax.random.PRNGKey(0)).compile()
-        _, _, metrics = compiled(params, opt, rest, batch, jax.random.PRNGKey(0))
+        compiled = jstep.lower(*args).compile()
+        _, _, _, metrics = compiled(*args)
     return memory.device_bytes(compiled), float(metrics["loss"])
 
 

@@ -5,9 +5,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import optax
 from flax import nnx
 
-from sortedjax import sharding
+from sortedjax import nn, sharding
 from sortedjax.methods import objectives
 from sortedjax.models.mlp import MLPConfig, SortedMLP
 from sortedjax.submodel import Dim, Pool
@@ -168,6 +169,74 @@ def test_restart_moves_the_old_run_aside(tmp_path):
     assert json.loads((old / "run_config.json").read_text())["train"]["learning_rate"] == 0.01
     assert (old / "checkpoints" / "4").is_dir() and (old / "metrics.jsonl").exists()
     assert json.loads((tmp_path / "run_config.json").read_text())["train"]["learning_rate"] == 0.02
+
+
+class _BNNet(nnx.Module):
+    """Linear -> BatchNorm -> Linear, and an RNG stream the loss draws from (its state must not move)."""
+
+    def __init__(self, rngs: nnx.Rngs):
+        self.dense = nnx.Linear(4, 8, use_bias=False, rngs=rngs)  # a bias before BN has gradient 0 (+ noise Adam amplifies)
+        self.bn = nn.BatchNorm(8)
+        self.head = nnx.Linear(8, 3, rngs=rngs)
+        self.rngs = nnx.Rngs(noise=7)
+
+    def __call__(self, x):
+        x = x + 0.01 * jax.random.normal(self.rngs.noise(), x.shape)
+        return self.head(jax.nn.relu(self.bn(self.dense(x))))
+
+
+def _bn_loss(model, batch, key):
+    del key
+    logits = model(batch["x"])
+    return jnp.mean(-jax.nn.log_softmax(logits)[jnp.arange(len(batch["y"])), batch["y"]]), {}
+
+
+def _stats(model):
+    return {"/".join(map(str, k)): np.asarray(v) for k, v in nnx.to_flat_state(nnx.state(model, nnx.BatchStat))}
+
+
+def test_batchnorm_statistics_leave_train_as_a_hand_run_step_leaves_them(tmp_path):
+    data = ArrayBatches(_data(), 16, seed=3)
+    kw = dict(learning_rate=0.01, progress=False, checkpoint_every=100)
+    cfg = TrainConfig(workdir=str(tmp_path / "a"), steps=2, **kw)
+    init = _stats(_BNNet(nnx.Rngs(0)))
+    res = train(_BNNet(nnx.Rngs(0)), _bn_loss, data, cfg)
+
+    hand = _BNNet(nnx.Rngs(0))  # the same two steps, run by hand
+    rng_state = jax.tree.map(jnp.copy, nnx.state(hand, nnx.RngState))  # a copy: nnx.state shares the Variables
+    tx = make_optimizer(cfg)
+    opt = tx.init(nnx.state(hand, nnx.Param))
+    for t in range(2):
+        nnx.update(hand, rng_state)  # every step starts from the model's RNG state (the key is the step's randomness)
+        batch, key = jax.tree.map(jnp.asarray, data(t)), jax.random.fold_in(jax.random.PRNGKey(cfg.seed), t)
+        (_, _), grads = nnx.value_and_grad(lambda m: _bn_loss(m, batch, key), has_aux=True)(hand)
+        params = nnx.state(hand, nnx.Param)
+        updates, opt = tx.update(grads, opt, params)
+        nnx.update(hand, optax.apply_updates(params, updates))
+    nnx.update(hand, rng_state)
+
+    got, want = _stats(res.model), _stats(hand)
+    assert got.keys() == want.keys() == init.keys() == {"bn/count", "bn/mean", "bn/var"}
+    assert float(got["bn/count"]) == 2.0
+    for k in ("bn/mean", "bn/var"):
+        assert not np.allclose(got[k], init[k]), k  # the statistics moved...
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6, err_msg=k)  # ...as a hand-run step moves them
+    for k, v in _params(hand).items():
+        np.testing.assert_allclose(_params(res.model)[k], v, rtol=1e-5, atol=1e-6, err_msg=k)
+    raw = lambda s: [np.asarray(jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x)
+                     for x in jax.tree.leaves(s)]  # noqa: E731 # fmt: skip
+    assert all(np.array_equal(a, b) for a, b in zip(raw(nnx.state(res.model, nnx.RngState)), raw(rng_state), strict=True))
+
+    # carried into checkpoints: 2 steps, then resumed to 4, equals 4 steps in one go
+    four = train(_BNNet(nnx.Rngs(0)), _bn_loss, data, dataclasses.replace(cfg, workdir=str(tmp_path / "b"), steps=4))
+    more = train(_BNNet(nnx.Rngs(0)), _bn_loss, data, dataclasses.replace(cfg, steps=4), allow_changes=("steps",))
+    assert more.resumed_from == 2
+    for k, v in _stats(four.model).items():
+        np.testing.assert_array_equal(_stats(more.model)[k], v, err_msg=k)
+
+    # gradient accumulation: each micro-batch sees the statistics the previous one left
+    acc = train(_BNNet(nnx.Rngs(0)), _bn_loss, data, TrainConfig(workdir=str(tmp_path / "c"), steps=2, grad_accum=2, **kw))
+    assert float(_stats(acc.model)["bn/count"]) == 4.0
 
 
 def test_nan_stops_with_message(tmp_path):

@@ -1,23 +1,24 @@
 """Training and evaluation shared by the SortedNet vision experiments (experiments.sortednet_vision).
 
 :func:`fit` trains one model with one rule of :mod:`sortedjax.methods.slimmable` through
-:func:`sortedjax.train.make_train_step` (jitted once per model graph and rule, reused across
-seeds); :class:`Evaluator` scores any sub-model through one compiled program (sizes traced),
+:func:`sortedjax.train.train` (the library's one train loop; BatchNorm running statistics come
+out of it); :class:`Evaluator` scores any sub-model through one compiled program (sizes traced),
 recalibrating BatchNorm statistics per sub-model on training batches first
-(:func:`sortedjax.nn.recalibrate`).
+(:func:`sortedjax.nn.recalibrate`: what slimmable / US networks do after training, the protocol
+of Table 4.2 and Fig 4.2).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import tempfile
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from tqdm.auto import tqdm
 
 from sortedjax import nn
 from sortedjax.data import vision as vision_data
@@ -25,12 +26,11 @@ from sortedjax.data.vision import VisionData
 from sortedjax.methods import slimmable
 from sortedjax.models import cnn_common as cc
 from sortedjax.submodel import Pool, SubModel
-from sortedjax.train import make_train_step
+from sortedjax.train import train
 from sortedjax.train.batches import ArrayBatches
-from sortedjax.train.config import TrainConfig, make_optimizer
+from sortedjax.train.config import TrainConfig
 
 AUGMENTS = ("none", "crop", "crop_flip")
-_STEPS: dict = {}  # (graphdef, method, pool id, n_random, lr, steps, g_acc) -> jitted step
 
 
 @dataclasses.dataclass
@@ -39,6 +39,20 @@ class FitResult:
     step_seconds: float  # median wall time of one update (after compilation)
     final_loss: float
     updates: int
+
+
+def _batches(data: VisionData, batch: int, seed: int, augment: str):
+    """``step -> batch`` of ``batch`` training images, augmented per step from ``(seed, step)``."""
+    batches = ArrayBatches({"x": data.x_train, "y": data.y_train}, batch, seed=seed)
+    if augment == "none":
+        return batches
+
+    def at(t: int) -> dict:
+        b = batches(t)
+        rng = np.random.default_rng((seed, t))
+        return {**b, "x": vision_data.augment(np.asarray(b["x"]), rng, flip=augment == "crop_flip")}
+
+    return at
 
 
 def fit(
@@ -56,40 +70,25 @@ def fit(
     progress: bool = True,
     augment: str = "none",
 ) -> FitResult:
-    """Train ``model`` for ``steps`` updates of ``g_acc`` mini-batches of ``batch`` images each.
+    """Train ``model`` for ``steps`` updates of ``g_acc`` mini-batches of ``batch`` images each
+    (Adam, cosine decay from ``lr``) with :func:`sortedjax.train.train`, in a temporary workdir.
 
     ``augment``: ``none``, ``crop`` (random crop after 4-pixel zero padding, CIFAR's) or
     ``crop_flip`` (plus random horizontal flips), drawn per step from ``(seed, step)``."""
     if augment not in AUGMENTS:
         raise ValueError(f"augment must be one of {AUGMENTS}, got {augment!r}")
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    tcfg = TrainConfig(workdir="-", steps=steps, learning_rate=lr, schedule="cosine", optimizer="adam", seed=seed)
-    tx = make_optimizer(tcfg)
-    key = (graphdef, method, id(pool), lr, steps, g_acc)
-    if key not in _STEPS:
-        loss = slimmable.make_loss(method, pool)
-        _STEPS[key] = jax.jit(make_train_step(graphdef, loss, tx, grad_accum=g_acc))
-    step_fn = _STEPS[key]
-    batches = ArrayBatches({"x": data.x_train, "y": data.y_train}, batch * g_acc, seed=seed)
-    opt = tx.init(params)
-    base = jax.random.PRNGKey(seed)
-    times, metrics = [], None
-    for t in tqdm(range(steps), desc=desc or method, disable=not progress, leave=False):
-        t0 = time.perf_counter()
-        b = batches(t)
-        if augment != "none":
-            rng = np.random.default_rng((seed, t))
-            b = {**b, "x": vision_data.augment(np.asarray(b["x"]), rng, flip=augment == "crop_flip")}
-        params, opt, m = step_fn(params, opt, (rest,), b, jax.random.fold_in(base, t))
-        if metrics is not None:
-            loss = float(metrics["loss"])
-            if not np.isfinite(loss):
-                raise FloatingPointError(f"{desc or method}: loss {loss} at step {t - 1}")
-        metrics = m
-        jax.block_until_ready(params)
-        times.append(time.perf_counter() - t0)
-    trained = nnx.merge(graphdef, params, rest)
-    return FitResult(trained, float(np.median(times[1:] or times)), float(metrics["loss"]), steps)
+    ticks = [time.perf_counter()]  # then one per step, as its metrics arrive (train fetches step t-1's after dispatching t)
+    with tempfile.TemporaryDirectory(prefix="sortednet_vision_fit_") as workdir:
+        cfg = TrainConfig(
+            workdir=workdir, steps=steps, learning_rate=lr, schedule="cosine", optimizer="adam", seed=seed,
+            grad_accum=g_acc, log_every=1, checkpoint_every=steps, progress=progress, desc=desc or method,
+        )  # fmt: skip
+        res = train(
+            model, slimmable.make_loss(method, pool), _batches(data, batch * g_acc, seed, augment), cfg,
+            on_step=lambda step, row: ticks.append(time.perf_counter()),
+        )  # fmt: skip
+    times = np.diff(ticks)  # the first includes compilation
+    return FitResult(res.model, float(np.median(times[1:] if len(times) > 1 else times)), res.history[-1]["loss"], steps)
 
 
 _TRACES: dict = {}  # graphdef -> times the scoring program was traced (compilations)

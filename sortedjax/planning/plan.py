@@ -1,9 +1,10 @@
 """Memory plans for a LLaMA SoFT / SFT train step: compiled for full-size shapes, no weights allocated.
 
 :func:`compile_step` builds the model with ``nnx.eval_shape`` (abstract arrays), gives every
-argument the sharding training gives it (:func:`sortedjax.sharding.train_shardings`), and lowers
-and compiles *the* train step (:func:`sortedjax.train.make_train_step` with
-:func:`sortedjax.methods.soft.make_loss`) on the mesh's devices, simulated CPU devices included.
+argument the sharding training gives it, and lowers and compiles *the* train step
+:func:`sortedjax.train.train` runs (:func:`sortedjax.train.jit_train_step`: the same split,
+shardings, donation and jit, with :func:`sortedjax.methods.soft.make_loss`) on the mesh's
+devices, simulated CPU devices included.
 XLA's ``memory_analysis()`` then gives the per-device bytes (:mod:`sortedjax.planning.memory`).
 Decoder layers run under ``lax.scan`` (:class:`sortedjax.nn.LayerStack`), so compile time does
 not grow with depth.
@@ -30,8 +31,8 @@ import sortedjax.planning.memory as memory
 from sortedjax import sharding as shd
 from sortedjax.methods import soft
 from sortedjax.models.llama import Llama, LlamaConfig
-from sortedjax.train import make_train_step
 from sortedjax.train.config import TrainConfig, make_optimizer
+from sortedjax.train.step import jit_train_step, split_model
 
 # Hugging Face config.json values of the released models (what a downloaded checkpoint holds).
 PRESETS: dict[str, dict] = {
@@ -106,7 +107,8 @@ def _with_shardings(tree, shardings):
 
 
 def lower_step(cfg: LlamaConfig, mesh, spec: StepSpec):
-    """``jax.jit(train_step).lower(...)`` for abstract, sharded arguments of full-size shapes."""
+    """The jitted train step (:func:`sortedjax.train.jit_train_step`) lowered for abstract, sharded
+    arguments of full-size shapes."""
 
     exits = soft.parse_exits(spec.exits, cfg.num_hidden_layers)
     scfg = soft.SoftConfig(
@@ -118,25 +120,20 @@ def lower_step(cfg: LlamaConfig, mesh, spec: StepSpec):
     )  # fmt: skip
     tx = make_optimizer(tcfg)
     model = nnx.eval_shape(lambda: Llama(cfg, rngs=nnx.Rngs(0)))
-    graphdef, params, *rest = nnx.split(model, nnx.Param, ...)
-    rest = tuple(rest)
-    p_shard, o_shard, r_shard, rep = shd.train_shardings(tx, params, rest, mesh)
-    opt_state = jax.eval_shape(tx.init, params)
+    graphdef, params, state, rest = split_model(model, nnx.Param)
     batch = abstract_batch(spec, mesh)
     b_shard = jax.tree.map(lambda a: a.sharding, batch)
-    step = make_train_step(graphdef, soft.make_loss(scfg), tx, spec.grad_accum)
-    jstep = jax.jit(
-        step,
-        in_shardings=(p_shard, o_shard, r_shard, b_shard, rep),
-        out_shardings=(p_shard, o_shard, rep),
-        donate_argnums=(0, 1),
-    )
+    jstep, sh = jit_train_step(
+        graphdef, soft.make_loss(scfg), tx, params, state, rest, mesh=mesh, grad_accum=spec.grad_accum,
+        donate=True, batch_shardings=b_shard,
+    )  # fmt: skip
     args = (
-        _with_shardings(params, p_shard),
-        _with_shardings(opt_state, o_shard),
-        _with_shardings(rest, r_shard),
+        _with_shardings(params, sh.params),
+        _with_shardings(jax.eval_shape(tx.init, params), sh.opt_state),
+        _with_shardings(state, sh.state),
+        _with_shardings(rest, sh.rest),
         batch,
-        jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=rep),
+        jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=sh.replicated),
     )
     with jax.set_mesh(mesh):
         return jstep.lower(*args)

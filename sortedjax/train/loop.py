@@ -2,8 +2,12 @@
 
 ``train(model, loss_fn, data, cfg)``:
 
-* ``nnx.split`` once into (trainable params, everything else); a pure ``train_step`` under
-  ``jax.jit`` with in/out shardings from the logical-axis rules and donated buffers;
+* the model is split once (:func:`sortedjax.train.step.split_model`) into the trainable params,
+  the state a forward pass updates (BatchNorm running statistics) and the rest (frozen params,
+  RNG state); the pure step returns new params, optimizer state and state, under ``jax.jit``
+  with in/out shardings from the logical-axis rules and donated buffers
+  (:func:`sortedjax.train.step.jit_train_step`, the program :mod:`sortedjax.planning.plan`
+  compiles); the state is carried from step to step, into checkpoints and into the returned model;
 * optax optimizer + schedule from :class:`TrainConfig`; gradient accumulation over
   ``grad_accum`` micro-batches = thesis Algorithm 2's ``g_acc``: ``data(step)`` holds ``g_acc``
   mini-batches, iteration ``i`` gets mini-batch ``i`` and its own RNG key (so its own sampled
@@ -36,7 +40,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import orbax.checkpoint as ocp
 from flax import nnx
 from jax.sharding import Mesh
@@ -47,10 +50,17 @@ from sortedjax import sharding as shd
 from sortedjax.train.batches import ArrayBatches, array_fingerprint  # noqa: F401 - re-exported
 from sortedjax.train.config import OPTIMIZERS, SCHEDULES, TrainConfig, make_optimizer, make_schedule  # noqa: F401
 from sortedjax.train.runstate import CheckpointError  # noqa: F401 - re-exported
+from sortedjax.train.step import (  # noqa: F401 - LossFn, make_train_step re-exported
+    LossFn,
+    init_opt_state,
+    jit_train_step,
+    join_state,
+    make_train_step,
+    split_model,
+    unjoin_state,
+)
 
 log = logging.getLogger(__name__)
-
-LossFn = Callable[[nnx.Module, dict, jax.Array], tuple[jax.Array, dict]]
 
 
 @dataclasses.dataclass
@@ -61,50 +71,18 @@ class TrainResult:
     resumed_from: int | None
 
 
-def _split_micro(batch: dict, n: int) -> dict:
-    def split(x):
-        if x.shape[0] % n:
-            raise ValueError(f"batch size {x.shape[0]} is not divisible by grad_accum={n}")
-        return x.reshape((n, x.shape[0] // n) + x.shape[1:])
+@dataclasses.dataclass
+class _Carry:
+    """What the loop carries: trainable params, optimizer state, the carried state, the read-only rest."""
 
-    return jax.tree.map(split, batch)
+    params: Any
+    opt_state: Any
+    state: Any
+    rest: tuple
 
-
-def make_train_step(graphdef, loss_fn: LossFn, tx: optax.GradientTransformation, grad_accum: int = 1, post_update=None):
-    """The pure step ``(params, opt_state, rest, batch, key) -> (params, opt_state, metrics)``."""
-
-    def loss_of(params, rest, batch, key):
-        model = nnx.merge(graphdef, params, *rest, copy=True)  # fresh Variables: the loss may update state
-        loss, metrics = loss_fn(model, batch, key)
-        return loss, {"loss": loss, **metrics}
-
-    grad_fn = jax.value_and_grad(loss_of, has_aux=True)
-
-    def step(params, opt_state, rest, batch, key):
-        if grad_accum == 1:
-            (_, metrics), grads = grad_fn(params, rest, batch, key)
-        else:
-            micro = _split_micro(batch, grad_accum)
-            keys = jax.random.split(key, grad_accum)
-
-            def acc(carry, inp):
-                g_sum, m_sum = carry
-                (_, m), g = grad_fn(params, rest, inp[0], inp[1])
-                return (jax.tree.map(jnp.add, g_sum, g), jax.tree.map(jnp.add, m_sum, m)), None
-
-            (_, m0), g0 = jax.eval_shape(grad_fn, params, rest, jax.tree.map(lambda x: x[0], micro), keys[0])
-            zeros = lambda t: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), t)  # noqa: E731
-            (grads, metrics), _ = jax.lax.scan(acc, (zeros(g0), zeros(m0)), (micro, keys))
-            grads = jax.tree.map(lambda g: g / grad_accum, grads)
-            metrics = jax.tree.map(lambda m: m / grad_accum, metrics)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        new_params = optax.apply_updates(params, updates)
-        if post_update is not None:
-            new_params = post_update(params, new_params, key)
-        metrics["grad_norm"] = optax.tree.norm(grads)
-        return new_params, opt_state, metrics
-
-    return step
+    def checkpoint(self) -> dict:
+        # "rest" as nnx.split(model, trainable, ...) gives it: the checkpoint layout of every version
+        return {"params": self.params, "opt_state": self.opt_state, "rest": join_state(self.state, self.rest)}
 
 
 def _abstract(tree):
@@ -122,6 +100,119 @@ def _trim_metrics(path: str, keep_upto: int) -> list[dict]:
         with open(path, "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
     return rows
+
+
+# --------------------------------------------------------------------------------- pieces
+
+
+def _resume(mngr, ckpt_dir: str, cfg: TrainConfig, record: dict, allow_changes: tuple, carry: _Carry):
+    """Restore the newest valid checkpoint into ``carry``: ``(start step, record to store)``."""
+    record, changed, checked = rs.check_run(cfg, record, allow_changes)
+    start, restored, bad = rs.restore_newest_valid(mngr, _abstract(carry.checkpoint()), ckpt_dir)
+    for step, err in bad:
+        dest = rs.set_aside(ckpt_dir, step, cfg.workdir)
+        log.warning(
+            "checkpoint step %d in %s cannot be restored (%s); moved it to %s and resuming from step %d",
+            step, ckpt_dir, rs.summary(err), dest, start,
+        )  # fmt: skip
+    if bad:
+        rs.sync("sortedjax_train_set_aside")
+        mngr.reload()
+    carry.params, carry.opt_state = restored.state["params"], restored.state["opt_state"]
+    carry.state, carry.rest = unjoin_state(tuple(restored.state["rest"]))
+    if not checked and int(restored.meta["seed"]) != cfg.seed:
+        raise ValueError(
+            f"workdir {cfg.workdir} holds a run with seed {restored.meta['seed']}, not {cfg.seed}; use another workdir"
+        )
+    if changed:
+        record["changes"].append({"step": start, **{k: [o, n] for k, (o, n) in changed.items()}})
+        log.warning(
+            "continuing the run in %s from step %d with changed %s",
+            cfg.workdir, start, ", ".join(f"{k} {o!r} -> {n!r}" for k, (o, n) in changed.items()),
+        )  # fmt: skip
+    if start > cfg.steps:
+        raise ValueError(f"the run in {cfg.workdir} is already at step {start}, beyond steps={cfg.steps}")
+    log.info("resumed from %s at step %d", ckpt_dir, start)
+    return start, record
+
+
+def _save(mngr, step: int, cfg: TrainConfig, carry: _Carry) -> None:
+    if step in (mngr.all_steps() or []):
+        return
+    mngr.save(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(carry.checkpoint()),
+            meta=ocp.args.JsonSave({"step": step, "seed": cfg.seed, "data_position": step}),
+        ),
+    )
+
+
+class _Metrics:
+    """Fetches a step's metrics, stops on NaN / inf, logs every ``log_every``-th row (file, bar, callback)."""
+
+    def __init__(self, cfg: TrainConfig, mngr, start: int, on_step):
+        self.cfg, self.mngr, self.on_step = cfg, mngr, on_step
+        self.path = os.path.join(cfg.workdir, "metrics.jsonl")
+        self.history = _trim_metrics(self.path, start)
+        self.bar = tqdm(
+            total=cfg.steps, initial=start, desc=cfg.desc, disable=not (cfg.progress and rs.is_main()), leave=False
+        )
+
+    def drain(self, pending: tuple[int, Any]) -> None:
+        step, metrics = pending
+        cfg = self.cfg
+        m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        if not np.isfinite(m["loss"]):
+            raise FloatingPointError(
+                f"loss is {m['loss']} at step {step} (workdir {cfg.workdir}); stopping. The last good "
+                f"checkpoint is step {self.mngr.latest_step()}; lower learning_rate (now {cfg.learning_rate}) "
+                f"or set grad_clip_norm."
+            )
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            row = {"step": step, **m}
+            self.history.append(row)
+            if rs.is_main():
+                with open(self.path, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+            self.bar.set_postfix(loss=f"{m['loss']:.4g}")
+            if self.on_step is not None:
+                self.on_step(step, row)
+
+
+def _run_steps(jstep, carry: _Carry, data, cfg: TrainConfig, mesh, mngr, metrics: _Metrics, start: int) -> int:
+    """Steps ``start..cfg.steps``, checkpointing on schedule, at the end and on KeyboardInterrupt."""
+    base_key = jax.random.PRNGKey(cfg.seed)
+    pending: tuple[int, Any] | None = None
+    step = start
+    try:
+        while step < cfg.steps:
+            batch = shd.host_batch(data, step, mesh)  # several processes: each builds only its rows
+            key = jax.random.fold_in(base_key, step)
+            with shd.use_mesh(mesh):  # activation sharding constraints read the mesh while tracing
+                step, (carry.params, carry.opt_state, carry.state, m) = step + 1, jstep(
+                    carry.params, carry.opt_state, carry.state, carry.rest, batch, key
+                )
+            metrics.bar.update(1)
+            if pending is not None:
+                metrics.drain(pending)
+            pending = (step, m)
+            if step % cfg.checkpoint_every == 0:
+                metrics.drain(pending)  # never checkpoint a NaN state
+                pending = None
+                _save(mngr, step, cfg, carry)
+        if pending is not None:
+            metrics.drain(pending)
+            pending = None
+        _save(mngr, step, cfg, carry)
+    except KeyboardInterrupt:
+        # Keep the finished steps: the carry is the state after `step` steps.
+        log.warning("interrupted at step %d; saving a checkpoint to resume from", step)
+        if pending is not None:
+            metrics.drain(pending)
+        _save(mngr, step, cfg, carry)
+        raise
+    return step
 
 
 # --------------------------------------------------------------------------------- train
@@ -145,8 +236,9 @@ def train(
 
     Args:
       model: an nnx Module. It is not modified and stays usable: with ``cfg.donate`` the step
-        donates a copy of its trainable arrays (so while the caller keeps ``model`` alive,
-        training holds one extra copy of them). The trained model is ``result.model``.
+        donates a copy of its trainable arrays and carried state (so while the caller keeps
+        ``model`` alive, training holds one extra copy of them). The trained model is
+        ``result.model``, with the state the loss updated (BatchNorm running statistics).
       loss_fn: ``(model, batch, key) -> (loss, metrics)``; runs inside the jitted step.
       data: ``step -> batch`` (dict of arrays with a leading batch axis).
       trainable: nnx filter selecting what receives gradients (default every ``nnx.Param``).
@@ -172,27 +264,17 @@ def train(
     rs.quiet_orbax()
     allow_changes = (allow_changes,) if isinstance(allow_changes, str) else tuple(allow_changes)
     os.makedirs(cfg.workdir, exist_ok=True)
-    graphdef, params, *rest = nnx.split(model, trainable, ...)
-    rest = tuple(rest)
+    graphdef, params, state, rest = split_model(model, trainable)
     tx = make_optimizer(cfg)
-
-    if mesh is not None:
-        p_shard, o_shard, r_shard, rep = shd.train_shardings(tx, params, rest, mesh)
-        params = jax.device_put(params, p_shard)
-        rest = jax.device_put(rest, r_shard)
-        opt_state = jax.jit(tx.init, out_shardings=o_shard)(params)
-    else:
-        p_shard = r_shard = o_shard = rep = None
-        opt_state = jax.jit(tx.init)(params)
-
-    step_fn = make_train_step(graphdef, loss_fn, tx, cfg.grad_accum, post_update)
-    jit_kw = {"donate_argnums": (0, 1)} if cfg.donate else {}
-    if mesh is not None:
-        jit_kw.update(in_shardings=(p_shard, o_shard, r_shard, None, rep), out_shardings=(p_shard, o_shard, rep))
-    jstep = jax.jit(step_fn, **jit_kw)
-
-    base_key = jax.random.PRNGKey(cfg.seed)
-    record = rs.run_record(cfg, run_config, params, rest, data)
+    jstep, shardings = jit_train_step(
+        graphdef, loss_fn, tx, params, state, rest, mesh=mesh, grad_accum=cfg.grad_accum,
+        post_update=post_update, donate=cfg.donate,
+    )  # fmt: skip
+    if shardings is not None:
+        params = jax.device_put(params, shardings.params)
+        state, rest = jax.device_put(state, shardings.state), jax.device_put(rest, shardings.rest)
+    carry = _Carry(params, init_opt_state(tx, params, shardings), state, rest)
+    record = rs.run_record(cfg, run_config, params, join_state(state, rest), data)
     if restart:
         rs.start_over(cfg.workdir)
         rs.sync("sortedjax_train_restart")
@@ -200,105 +282,18 @@ def train(
     with rs.checkpoint_manager(ckpt_dir, cfg) as mngr:
         start, resumed = 0, None
         if mngr.all_steps():
-            record, changed, checked = rs.check_run(cfg, record, allow_changes)
-            target = _abstract({"params": params, "opt_state": opt_state, "rest": rest})
-            start, restored, bad = rs.restore_newest_valid(mngr, target, ckpt_dir)
-            for step, err in bad:
-                dest = rs.set_aside(ckpt_dir, step, cfg.workdir)
-                log.warning(
-                    "checkpoint step %d in %s cannot be restored (%s); moved it to %s and resuming from step %d",
-                    step, ckpt_dir, rs.summary(err), dest, start,
-                )  # fmt: skip
-            if bad:
-                rs.sync("sortedjax_train_set_aside")
-                mngr.reload()
-            params, opt_state, rest = (restored.state[k] for k in ("params", "opt_state", "rest"))
+            start, record = _resume(mngr, ckpt_dir, cfg, record, allow_changes, carry)
             resumed = start
-            if not checked and int(restored.meta["seed"]) != cfg.seed:
-                raise ValueError(
-                    f"workdir {cfg.workdir} holds a run with seed {restored.meta['seed']}, not {cfg.seed}; "
-                    "use another workdir"
-                )
-            if changed:
-                record["changes"].append({"step": start, **{k: [o, n] for k, (o, n) in changed.items()}})
-                log.warning(
-                    "continuing the run in %s from step %d with changed %s",
-                    cfg.workdir, start, ", ".join(f"{k} {o!r} -> {n!r}" for k, (o, n) in changed.items()),
-                )  # fmt: skip
-            if start > cfg.steps:
-                raise ValueError(f"the run in {cfg.workdir} is already at step {start}, beyond steps={cfg.steps}")
-            log.info("resumed from %s at step %d", ckpt_dir, start)
         elif cfg.donate:
-            # the step donates params; without a copy that would delete the caller's model's arrays
-            params = jax.tree.map(jnp.copy, params)
+            # the step donates params and state; without a copy that would delete the caller's model's arrays
+            carry.params, carry.state = jax.tree.map(jnp.copy, (carry.params, carry.state))
         if rs.is_main():
             rs.write_json(os.path.join(cfg.workdir, rs.RUN_FILE), record)
-
-        metrics_path = os.path.join(cfg.workdir, "metrics.jsonl")
-        history = _trim_metrics(metrics_path, start)
-
-        def save(step: int):
-            if step in (mngr.all_steps() or []):
-                return
-            mngr.save(
-                step,
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardSave({"params": params, "opt_state": opt_state, "rest": rest}),
-                    meta=ocp.args.JsonSave({"step": step, "seed": cfg.seed, "data_position": step}),
-                ),
-            )
-
-        bar = tqdm(
-            total=cfg.steps, initial=start, desc=cfg.desc, disable=not (cfg.progress and rs.is_main()), leave=False
-        )
-        pending: tuple[int, Any] | None = None
-
-        def drain(pending):
-            step, metrics = pending
-            m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            if not np.isfinite(m["loss"]):
-                raise FloatingPointError(
-                    f"loss is {m['loss']} at step {step} (workdir {cfg.workdir}); stopping. The last good "
-                    f"checkpoint is step {mngr.latest_step()}; lower learning_rate (now {cfg.learning_rate}) "
-                    f"or set grad_clip_norm."
-                )
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                row = {"step": step, **m}
-                history.append(row)
-                if rs.is_main():
-                    with open(metrics_path, "a") as f:
-                        f.write(json.dumps(row) + "\n")
-                bar.set_postfix(loss=f"{m['loss']:.4g}")
-                if on_step is not None:
-                    on_step(step, row)
-
-        step = start
+        metrics = _Metrics(cfg, mngr, start, on_step)
         try:
-            while step < cfg.steps:
-                batch = shd.host_batch(data, step, mesh)  # several processes: each builds only its rows
-                key = jax.random.fold_in(base_key, step)
-                with shd.use_mesh(mesh):  # activation sharding constraints read the mesh while tracing
-                    step, (params, opt_state, metrics) = step + 1, jstep(params, opt_state, rest, batch, key)
-                bar.update(1)
-                if pending is not None:
-                    drain(pending)
-                pending = (step, metrics)
-                if step % cfg.checkpoint_every == 0:
-                    drain(pending)  # never checkpoint a NaN state
-                    pending = None
-                    save(step)
-            if pending is not None:
-                drain(pending)
-                pending = None
-            save(step)
-        except KeyboardInterrupt:
-            # Keep the finished steps: params/opt_state are those after `step` steps.
-            log.warning("interrupted at step %d; saving a checkpoint to resume from", step)
-            if pending is not None:
-                drain(pending)
-            save(step)
-            raise
+            step = _run_steps(jstep, carry, data, cfg, mesh, mngr, metrics, start)
         finally:
-            bar.close()
-    trained = nnx.merge(graphdef, params, *rest, copy=True)  # fresh Variables: nothing shared with the caller's model
-    return TrainResult(model=trained, step=step, history=history, resumed_from=resumed)
+            metrics.bar.close()
+    # fresh Variables: nothing shared with the caller's model
+    trained = nnx.merge(graphdef, carry.params, carry.state, *carry.rest, copy=True)
+    return TrainResult(model=trained, step=step, history=metrics.history, resumed_from=resumed)
