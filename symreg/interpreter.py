@@ -18,6 +18,8 @@ violation as a failed fit.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -65,13 +67,35 @@ def _atan(x):
     return jnp.sign(x) * (y0 + p * z * t + t)
 
 
-def _step(x, y, op, imm):
-    """One operation on operand values x, y (N,): value, d/dx, d/dy, violation, d violation/dx.
+class _Shared(NamedTuple):
+    """What several operations of :func:`_step` share (one log, one exp, one sincos, ...)."""
 
-    Transcendentals are shared between operations (one exp serves exp / pow / powf, one
-    arctan2 serves asin / acos / atan), so an instruction costs a handful of vector calls
-    whatever its op; derivatives are written out, not traced, so unselected branches never
-    enter a gradient."""
+    pos: jax.Array  # x > 0 (log / sqrt / real powers)
+    xp: jax.Array
+    nz: jax.Array  # |x| > INV_EPS (1/x)
+    inv: jax.Array
+    unit: jax.Array  # |x| < 1 (asin / acos)
+    root1mx2: jax.Array
+    lx: jax.Array
+    e: jax.Array
+    de: jax.Array
+    s: jax.Array
+    c: jax.Array
+    t: jax.Array
+    angle: jax.Array
+    th: jax.Array
+    sq: jax.Array
+    n: jax.Array
+    pm: jax.Array  # x ** (n - 1)
+    half_pi: jax.Array
+    zero: jax.Array
+    one: jax.Array
+    pos_e: jax.Array
+    inv_xp: jax.Array
+
+
+def _shared(x, y, op, imm) -> _Shared:
+    """The transcendentals and guards of :func:`_step`, each computed once for every op."""
     is_ = lambda name: op == OP[name]
     pos = x > 1e-20
     xp = jnp.where(pos, x, 1.0)
@@ -97,58 +121,74 @@ def _step(x, y, op, imm):
     half_pi = jnp.sign(x) * (jnp.pi / 2)
     zero, one = jnp.zeros_like(x), jnp.ones_like(x)
     pos_e, inv_xp = jnp.where(pos, e, 0.0), jnp.where(pos, 1.0 / xp, 0.0)
-    val = [
+    return _Shared(
+        pos, xp, nz, inv, unit, root1mx2, lx, e, de, s, c, t, angle, th, sq, n, pm, half_pi, zero, one, pos_e, inv_xp
+    )
+
+
+def _values(x, y, r: _Shared) -> list:
+    """The value of every op (indexed by ``OP``)."""
+    return [
         x,
         x,
         x,
         x,
         x + y,
         x * y,
-        jnp.where(nz, inv, 0.0),
-        pm * x,
-        jnp.where(pos, sq, 0.0),
-        pos_e,
-        pos_e,
-        s,
-        c,
-        t,
-        e,
-        jnp.where(pos, lx, 0.0),
-        jnp.where(unit, angle, half_pi),
-        jnp.where(unit, jnp.pi / 2 - angle, jnp.pi / 2 - half_pi),
-        angle,
-        th,
+        jnp.where(r.nz, r.inv, 0.0),
+        r.pm * x,
+        jnp.where(r.pos, r.sq, 0.0),
+        r.pos_e,
+        r.pos_e,
+        r.s,
+        r.c,
+        r.t,
+        r.e,
+        jnp.where(r.pos, r.lx, 0.0),
+        jnp.where(r.unit, r.angle, r.half_pi),
+        jnp.where(r.unit, jnp.pi / 2 - r.angle, jnp.pi / 2 - r.half_pi),
+        r.angle,
+        r.th,
         jnp.abs(x),
     ]
-    d_unit = jnp.where(unit, 1.0 / root1mx2, 0.0)
-    dx = [
+
+
+def _derivatives_x(x, y, imm, r: _Shared) -> list:
+    """d value / dx of every op (indexed by ``OP``)."""
+    d_unit = jnp.where(r.unit, 1.0 / r.root1mx2, 0.0)
+    one = r.one
+    return [
         one,
         one,
         one,
         one,
         one,
         y,
-        jnp.where(nz, -inv * inv, 0.0),
-        n * pm,
-        jnp.where(pos, 0.5 / sq, 0.0),
-        imm * de * inv_xp,
-        y * de * inv_xp,
-        c,
-        -s,
-        1.0 + t * t,
-        de,
-        inv_xp,
+        jnp.where(r.nz, -r.inv * r.inv, 0.0),
+        r.n * r.pm,
+        jnp.where(r.pos, 0.5 / r.sq, 0.0),
+        imm * r.de * r.inv_xp,
+        y * r.de * r.inv_xp,
+        r.c,
+        -r.s,
+        1.0 + r.t * r.t,
+        r.de,
+        r.inv_xp,
         d_unit,
         -d_unit,
         1.0 / (1.0 + x * x),
-        1.0 - th * th,
+        1.0 - r.th * r.th,
         jnp.sign(x),
     ]
-    dy = jnp.where(is_("add"), 1.0, jnp.where(is_("mul"), x, jnp.where(is_("pow") & pos, de * lx, 0.0)))
+
+
+def _violations(x, r: _Shared) -> tuple[list, list]:
+    """Domain violation of every op and its d / dx (indexed by ``OP``)."""
+    zero = r.zero
     neg = (x < 0).astype(x.dtype)
-    outside_pos = jax.nn.relu(-x) + jnp.where(pos, 0.0, 1e-3)  # x <= 0 is outside even at 0
+    outside_pos = jax.nn.relu(-x) + jnp.where(r.pos, 0.0, 1e-3)  # x <= 0 is outside even at 0
     viol = [zero] * 6 + [
-        jnp.where(nz, 0.0, INV_EPS - jnp.abs(x) + 1e-3),
+        jnp.where(r.nz, 0.0, INV_EPS - jnp.abs(x) + 1e-3),
         zero,
         jax.nn.relu(-x),
         outside_pos,
@@ -166,7 +206,7 @@ def _step(x, y, op, imm):
     ]
     sign_out = jnp.sign(x) * (jnp.abs(x) > 1.0)
     dviol = [zero] * 6 + [
-        jnp.where(nz, 0.0, -jnp.sign(x)),
+        jnp.where(r.nz, 0.0, -jnp.sign(x)),
         zero,
         -neg,
         -neg,
@@ -182,6 +222,22 @@ def _step(x, y, op, imm):
         zero,
         zero,
     ]
+    return viol, dviol
+
+
+def _step(x, y, op, imm):
+    """One operation on operand values x, y (N,): value, d/dx, d/dy, violation, d violation/dx.
+
+    Transcendentals are shared between operations (one exp serves exp / pow / powf, one
+    arctan2 serves asin / acos / atan), so an instruction costs a handful of vector calls
+    whatever its op; derivatives are written out, not traced, so unselected branches never
+    enter a gradient."""
+    is_ = lambda name: op == OP[name]
+    r = _shared(x, y, op, imm)
+    val = _values(x, y, r)
+    dx = _derivatives_x(x, y, imm, r)
+    dy = jnp.where(is_("add"), 1.0, jnp.where(is_("mul"), x, jnp.where(is_("pow") & r.pos, r.de * r.lx, 0.0)))
+    viol, dviol = _violations(x, r)
     pick = lambda xs: jax.lax.select_n(op, *xs)
     clip = lambda z: jnp.clip(z, -BIG, BIG)
     return clip(pick(val)), clip(pick(dx)), clip(dy), pick(viol), clip(pick(dviol))

@@ -49,7 +49,7 @@ class Net(nnx.Module):
     def __call__(self, x, sub=None):
         sub = sub or SubModel()
         check_sizes(sub, self.limits)
-        h = self.blocks(self.inp(x, out_size=sub.width), depth=sub.depth, width=sub.width)
+        h = self.blocks(self.inp(x, out_size=sub.width), depth=sub.depth, width=sub.width).hidden
         return self.out(h, in_size=sub.width)
 
     def sub_config(self, s):

@@ -172,15 +172,51 @@ class Scale(nnx.Module):
         return h * self.w[...]
 
 
+class Record(nnx.Module):
+    """``Scale`` that also writes its output to row ``layer`` of an array cache."""
+
+    def __init__(self, rngs):
+        self.scale = Scale(rngs)
+
+    def __call__(self, h, *, cache, layer):
+        out = self.scale(h)
+        return out, cache.at[layer].set(out)
+
+
+def test_layer_stack_returns_a_stack_output_with_the_fields_of_the_call():
+    stack = nn.LayerStack(Scale, 3, rngs=nnx.Rngs(0))
+    w = np.asarray(stack.layers.w[...])
+    out = stack(jnp.ones(3))
+    assert isinstance(out, nn.StackOutput) and out._fields == ("hidden", "exits", "cache", "hook_state")
+    np.testing.assert_allclose(out.hidden, np.prod(w, 0), rtol=1e-6)
+    assert out.exits is None and out.cache is None and out.hook_state is None
+    out = nnx.jit(lambda s, d: s(jnp.ones(3), depth=d, exits=(1, 3)))(stack, jnp.int32(2))  # a pytree under jit
+    assert isinstance(out, nn.StackOutput) and out.cache is None and out.hook_state is None
+    np.testing.assert_allclose(out.hidden, np.prod(w[:2], 0), rtol=1e-6)
+    np.testing.assert_allclose(out.exits, [w[0], np.prod(w[:2], 0)], rtol=1e-6)  # exit 3 > depth 2
+    rec = nn.LayerStack(Record, 3, rngs=nnx.Rngs(0))
+    w = np.asarray(rec.layers.scale.w[...])
+    want = np.stack([w[0], np.prod(w[:2], 0), np.zeros(3)])
+    out = rec(jnp.ones(3), depth=2, cache=jnp.zeros((3, 3)))  # the decoding loop over the run layers
+    assert isinstance(out, nn.StackOutput) and out.exits is None and out.hook_state is None
+    np.testing.assert_allclose(out.hidden, want[1], rtol=1e-6)
+    np.testing.assert_allclose(out.cache, want, rtol=1e-6)
+    count = lambda i, h_in, h_out, n: (h_out, n + 1)  # noqa: E731
+    out = rec(jnp.ones(3), depth=2, cache=jnp.zeros((3, 3)), exits=(1,), hook=count, hook_state=jnp.int32(0))
+    np.testing.assert_allclose(out.cache, want, rtol=1e-6)  # the scan, as exits are collected
+    np.testing.assert_allclose(out.exits, want[:1], rtol=1e-6)
+    assert int(out.hook_state) == 2
+
+
 def test_layer_stack_depth_gating_exits_and_one_compile():
     stack = nn.LayerStack(Scale, 5, rngs=nnx.Rngs(0))
     w = np.asarray(stack.layers.w[...])
     f = nnx.jit(lambda s, d: s(jnp.ones(3), depth=d, exits=(1, 3, 5)))
-    h, states = f(stack, jnp.int32(3))
-    np.testing.assert_allclose(h, np.prod(w[:3], 0), rtol=1e-6)
-    np.testing.assert_allclose(states, [w[0], np.prod(w[:3], 0), np.prod(w[:3], 0)], rtol=1e-6)  # exit 5 > depth
+    out = f(stack, jnp.int32(3))
+    np.testing.assert_allclose(out.hidden, np.prod(w[:3], 0), rtol=1e-6)
+    np.testing.assert_allclose(out.exits, [w[0], np.prod(w[:3], 0), np.prod(w[:3], 0)], rtol=1e-6)  # exit 5 > depth
     for d in (1, 2, 4, 5):
-        h, _ = f(stack, jnp.int32(d))
+        h = f(stack, jnp.int32(d)).hidden
         np.testing.assert_allclose(h, np.prod(w[:d], 0), rtol=1e-6)
     with pytest.raises(ValueError, match="depth 0 outside the allowed range 1..5"):
         stack(jnp.ones(3), depth=0)
@@ -191,8 +227,8 @@ def test_layer_stack_depth_gating_exits_and_one_compile():
 def test_layer_stack_skipped_layers_do_not_run_and_get_no_gradient():
     stack = nn.LayerStack(Scale, 3, rngs=nnx.Rngs(0))
     stack.layers.w[...] = stack.layers.w[...].at[1:].set(jnp.nan)
-    np.testing.assert_allclose(stack(jnp.ones(3), depth=1), stack.layers.w[...][0])
-    g = nnx.grad(lambda s: s(jnp.ones(3), depth=1).sum())(stack)
+    np.testing.assert_allclose(stack(jnp.ones(3), depth=1).hidden, stack.layers.w[...][0])
+    g = nnx.grad(lambda s: s(jnp.ones(3), depth=1).hidden.sum())(stack)
     np.testing.assert_allclose(g["layers"]["w"][...], [[1.0] * 3, [0.0] * 3, [0.0] * 3])
 
 
@@ -201,7 +237,7 @@ def test_layer_stack_remat_keeps_values_and_gradients(remat):
     mk = lambda r: nn.MLP(4, 8, activation="gelu", gated=False, rngs=r)  # noqa: E731
     plain, rem = nn.LayerStack(mk, 3, rngs=nnx.Rngs(0)), nn.LayerStack(mk, 3, rngs=nnx.Rngs(0), remat=remat)
     x = rand(8, (2, 4))
-    loss = lambda s: jnp.sum(s(x, depth=2) ** 2)  # noqa: E731
+    loss = lambda s: jnp.sum(s(x, depth=2).hidden ** 2)  # noqa: E731
     np.testing.assert_allclose(loss(rem), loss(plain), **TOL)
     g1, g2 = nnx.grad(loss)(plain), nnx.grad(loss)(rem)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), g1, g2)
@@ -247,7 +283,7 @@ def test_layer_stack_skips_shape_changing_layers_with_their_skip(gate):
     x = rand(3, (4, 2))
     stack = nn.LayerStack.of(layers)
     h0 = layers[0](x, scale=2.0)
-    full = nnx.jit(lambda s, x, d: s(x, depth=d, gate=gate, scale=2.0))
+    full = nnx.jit(lambda s, x, d: s(x, depth=d, gate=gate, scale=2.0).hidden)
     # depth 1: layer 1 runs, the others are their skips (a BatchNorm past the depth: the identity)
     np.testing.assert_allclose(full(stack, x, jnp.int32(1)), jnp.pad(h0, ((0, 0), (0, 3))), **TOL)
     h = layers[1](h0, scale=2.0)
@@ -265,5 +301,5 @@ def test_layer_stack_hook_sees_every_executed_layer():
     def hook(i, h_in, h_out, seen):
         return h_out, seen.at[i].set(1)
 
-    _, seen = stack(jnp.ones(3), depth=3, hook=hook, hook_state=jnp.zeros(4, jnp.int32))
+    seen = stack(jnp.ones(3), depth=3, hook=hook, hook_state=jnp.zeros(4, jnp.int32)).hook_state
     np.testing.assert_array_equal(seen, [1, 1, 1, 0])

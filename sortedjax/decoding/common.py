@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from sortedjax.models.common import check_ids
 from sortedjax.nn import KVCache
 from sortedjax.submodel import SubModel, check_sizes
 
@@ -65,15 +66,6 @@ def pad_prompts(prompt_ids, attention_mask=None, pad_id: int = 0):
     return tokens, mask
 
 
-def check_ids(model, tokens) -> None:
-    """Token ids outside the vocabulary raise here, on the host (inside jit they would embed as NaN)."""
-    V = model.cfg.vocab_size
-    t = np.asarray(tokens)
-    if t.size and (t.min() < 0 or t.max() >= V):
-        bad = int(t.min()) if t.min() < 0 else int(t.max())
-        raise ValueError(f"token id {bad} outside the vocabulary: allowed 0..{V - 1}")
-
-
 @dataclasses.dataclass
 class Started:
     """A prefilled batch: what a decoding loop starts from."""
@@ -116,7 +108,7 @@ def start(
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     tokens, mask = pad_prompts(prompt_ids, attention_mask, pad_id)
-    check_ids(model, tokens)
+    check_ids(tokens, model.cfg.vocab_size)  # on the host: inside jit a bad id would embed as NaN
     longest = int(mask.sum(1).max()) + max_new_tokens
     limit = getattr(model.cfg, "max_position_embeddings", None)
     if limit is not None and longest > limit:

@@ -97,10 +97,11 @@ def run_cached(
     """The body of a decoder's ``forward_cached`` (the protocol): ``x`` (the embedded ``n_tokens``
     new tokens, or the given hidden state) through ``layers`` (a :class:`sortedjax.nn.LayerStack`)
     with the cache, a query attending to the valid slots up to its own; ``kw`` the layer sizes of
-    :func:`sizes`, ``extra`` what the model's layers take besides (RoPE positions)."""
+    :func:`sizes`, ``extra`` what the model's layers take besides (RoPE positions). Returns the
+    protocol's ``(h, cache[, hook_state])`` (``hook_state`` with a hook)."""
     if kv_only:
         kw = {**kw, "kv_only": True}
-    return layers(
+    out = layers(
         x,
         depth=depth,
         first_layer=start_layer,
@@ -112,6 +113,7 @@ def run_cached(
         **extra,
         **kw,
     )
+    return (out.hidden, out.cache) + ((out.hook_state,) if hook is not None else ())
 
 
 def param_shapes(make_model) -> dict:

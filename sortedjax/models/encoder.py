@@ -175,11 +175,11 @@ class Encoder(nnx.Module):
         return nn.eager.jit_call(self, "_logits" if head else "_headless", *args)
 
     def _logits(self, tokens_BxL, depth, attention_mask, token_type_ids, positions, kw):
-        h = self._run(tokens_BxL, depth, None, attention_mask, token_type_ids, positions, kw)
+        h = self._run(tokens_BxL, depth, None, attention_mask, token_type_ids, positions, kw).hidden
         return self._head(h, kw["width"], kw["rank"])
 
     def _headless(self, tokens_BxL, depth, attention_mask, token_type_ids, positions, kw):
-        h = self._run(tokens_BxL, depth, None, attention_mask, token_type_ids, positions, kw)
+        h = self._run(tokens_BxL, depth, None, attention_mask, token_type_ids, positions, kw).hidden
         pooled = self.pooled(h, sub=SubModel(width=kw["width"], rank=kw["rank"]))
         return EncoderOutput(last_hidden_state=h, pooler_output=pooled)
 
@@ -198,8 +198,7 @@ class Encoder(nnx.Module):
         return nn.eager.jit_call(self, "_hidden", *args)
 
     def _hidden(self, tokens_BxL, exits_E, attention_mask, token_type_ids, positions, kw):
-        _, h_E = self._run(tokens_BxL, jnp.max(exits_E), exits_E, attention_mask, token_type_ids, positions, kw)
-        return h_E
+        return self._run(tokens_BxL, jnp.max(exits_E), exits_E, attention_mask, token_type_ids, positions, kw).exits
 
     def pooled(self, h_BxLxD, *, sub: SubModel | None = None):
         """``tanh(dense(h[:, 0]))``: BERT's ``pooler_output`` (RoBERTa: the head's first half)."""

@@ -127,7 +127,7 @@ class GPT2(nnx.Module):
         return nn.eager.jit_call(self, "_logits", tokens_BxL, depth, attention_mask, positions, kw)
 
     def _logits(self, tokens_BxL, depth, attention_mask, positions, kw):
-        h = self._run(tokens_BxL, depth, None, attention_mask, positions, kw)
+        h = self._run(tokens_BxL, depth, None, attention_mask, positions, kw).hidden
         return self.logits_from_hidden(h, sub=SubModel(width=kw["width"]))
 
     def hidden_states(self, tokens_BxL, exits, attention_mask=None, positions=None, *, sub: SubModel | None = None):
@@ -140,7 +140,7 @@ class GPT2(nnx.Module):
         return nn.eager.jit_call(self, "_hidden", tokens_BxL, exits_E, attention_mask, positions, kw)
 
     def _hidden(self, tokens_BxL, exits_E, attention_mask, positions, kw):
-        return self._run(tokens_BxL, jnp.max(exits_E), exits_E, attention_mask, positions, kw)[1]
+        return self._run(tokens_BxL, jnp.max(exits_E), exits_E, attention_mask, positions, kw).exits
 
     def init_cache(self, batch: int, length: int) -> nn.KVCache:
         c = self.cfg

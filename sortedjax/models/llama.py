@@ -199,7 +199,7 @@ class Llama(nnx.Module):
         return nn.eager.jit_call(self, "_logits", tokens_BxL, depth, attention_mask, positions, kw)
 
     def _logits(self, tokens_BxL, depth, attention_mask, positions, kw):
-        h = self._run(tokens_BxL, depth, None, attention_mask, positions, kw)
+        h = self._run(tokens_BxL, depth, None, attention_mask, positions, kw).hidden
         exit_layer = self.cfg.num_hidden_layers if depth is None else depth
         return self.logits_at_exit(h, exit_layer, sub=SubModel(rank=kw["rank"]))
 
@@ -213,8 +213,7 @@ class Llama(nnx.Module):
         return nn.eager.jit_call(self, "_hidden", tokens_BxL, exits_E, attention_mask, positions, kw)
 
     def _hidden(self, tokens_BxL, exits_E, attention_mask, positions, kw):
-        _, h_E = self._run(tokens_BxL, jnp.max(exits_E), exits_E, attention_mask, positions, kw)
-        return h_E
+        return self._run(tokens_BxL, jnp.max(exits_E), exits_E, attention_mask, positions, kw).exits
 
     def init_cache(self, batch: int, length: int) -> nn.KVCache:
         c = self.cfg

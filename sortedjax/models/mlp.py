@@ -79,7 +79,7 @@ class SortedMLP(nnx.Module):
         h = act(self.inp(x_BxD, out_size=sub.width, rank=sub.rank))
         h = h if mask is None else h * mask
         if self.blocks is not None:
-            h = self.blocks(h, depth=sub.depth, width=sub.width, mask=mask, rank=sub.rank)
+            h = self.blocks(h, depth=sub.depth, width=sub.width, mask=mask, rank=sub.rank).hidden
         return self.out(h, rank=sub.rank)
 
     # -- extraction (sortedjax.extract) -------------------------------------------------------

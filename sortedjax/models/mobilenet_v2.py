@@ -187,7 +187,7 @@ class MobileNetV2(nnx.Module):
         w, levels = sub.width, self.cfg.width_levels
         ks = cc.kept(self.cfg.stem, w, levels)
         h = jax.nn.relu6(self.stem_norm(self.stem(x_BxHxWxC, out_size=ks), size=ks))
-        h = self.blocks(h, depth=sub.depth, gate=self.cfg.depth_skip, width=w)  # depth >= 1: block 1 always runs
+        h = self.blocks(h, depth=sub.depth, gate=self.cfg.depth_skip, width=w).hidden  # depth >= 1: block 1 runs
         if self.cfg.tail_stride > 1:
             h = h[:, :: self.cfg.tail_stride, :: self.cfg.tail_stride, :]
         kl = cc.kept(self.cfg.last, w, levels)

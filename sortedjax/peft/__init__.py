@@ -11,6 +11,7 @@ The adapter layer itself is :class:`sortedjax.nn.lora.LoRA` (re-exported here wi
 """
 
 from sortedjax.nn.lora import DROPOUT_STREAM, LoRA, LoRADown, LoRAParam, LoRAUp, adapters, check_rank, linear_paths
+from sortedjax.peft.files import load_adapter, load_peft, save_adapter, save_peft
 from sortedjax.peft.lora import (
     apply_dylora,
     frozen_post_update,
@@ -21,7 +22,6 @@ from sortedjax.peft.lora import (
     reseed,
     select,
 )
-from sortedjax.peft.files import load_adapter, load_peft, save_adapter, save_peft
 
 __all__ = [
     "DROPOUT_STREAM",
