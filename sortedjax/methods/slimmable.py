@@ -14,8 +14,9 @@ the same number of gradient updates), over a model called as ``model(x, sub)``:
   losses summed;
 * ``"plain"``: the full model only (sub-models are cut out afterwards, untrained).
 
-BatchNorm statistics are not tracked by the train step: evaluate BatchNorm models with
-:func:`sortedjax.nn.recalibrate` per sub-model (what slimmable / US networks do after training).
+The train step carries BatchNorm statistics, but shared statistics mix every sampled width: evaluate
+BatchNorm models with :func:`sortedjax.nn.recalibrate` per sub-model (what slimmable / US networks do
+after training).
 """
 
 from __future__ import annotations
