@@ -110,6 +110,7 @@ def answers(tok, out: np.ndarray) -> list[str]:
     res = []
     for row in np.asarray(out).tolist():
         row = row[: row.index(stop)] if stop in row else row
+        row = [t for t in row if t >= 0]  # generation pads with an id outside the vocabulary
         res.append(tok.decode(row, skip_special_tokens=True).strip())
     return res
 

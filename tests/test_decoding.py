@@ -53,11 +53,33 @@ def test_greedy_equals_transformers_generate_with_padding_and_stop(ckpt):
     free = decoding.generate(model, tokens, attention_mask=mask, max_new_tokens=12)
     np.testing.assert_array_equal(free, hf_greedy(ref, tokens, mask, 12, eos=63))
     stop = int(free[0, 3])  # a token row 0 emits: rows stop there
-    ours = decoding.generate(model, tokens, attention_mask=mask, max_new_tokens=12, stop_tokens=(stop,))
+    ours = decoding.generate(model, tokens, attention_mask=mask, max_new_tokens=12, stop_tokens=(stop,), pad_id=0)
     np.testing.assert_array_equal(ours, hf_greedy(ref, tokens, mask, 12, eos=stop))
     assert (ours[0, 4:] == 0).all() and ours[0, 3] == stop
     # ragged lists are left-padded internally
     np.testing.assert_array_equal(decoding.generate(model, PROMPTS, max_new_tokens=12), free)
+
+
+def test_default_pad_is_no_token_and_every_loop_returns_row_lengths(ckpt):
+    _, _, model = ckpt
+    tokens, mask = left_padded()
+    free = decoding.generate(model, tokens, attention_mask=mask, max_new_tokens=12)
+    stop = int(free[0, 3])
+    kw = dict(attention_mask=mask, max_new_tokens=12, stop_tokens=(stop,), return_lengths=True)
+    out, lengths = decoding.generate(model, tokens, **kw)
+    assert decoding.PAD == -1 and (out[0, 4:] == decoding.PAD).all() and out[0, 3] == stop
+    hit = free == stop
+    expected = np.where(hit.any(1), hit.argmax(1) + 1, 12)
+    np.testing.assert_array_equal(lengths, expected)
+    np.testing.assert_array_equal((out != decoding.PAD).sum(1), lengths)
+    spec, _, spec_lengths = decoding.speculative_generate(model, tokens, draft_exit=1, **kw)
+    np.testing.assert_array_equal(spec, out)
+    np.testing.assert_array_equal(spec_lengths, lengths)
+    early, used, early_lengths = decoding.early_exit_generate(model, tokens, exits=[1], threshold=0.5, **kw)
+    np.testing.assert_array_equal((early != decoding.PAD).sum(1), early_lengths)
+    np.testing.assert_array_equal((used > 0).sum(1), early_lengths)
+    with pytest.raises(TypeError, match="pad_id"):
+        decoding.generate(model, tokens, attention_mask=mask, max_new_tokens=4, pad_id=0.5)
 
 
 def test_right_padding_equals_left_padding(ckpt):

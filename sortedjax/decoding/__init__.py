@@ -11,13 +11,14 @@ gone, stop tokens and lengths are checked on the device, and every loop compiles
 drafted tokens or thresholds.
 """
 
-from sortedjax.decoding.common import pad_prompts
+from sortedjax.decoding.common import PAD, pad_prompts
 from sortedjax.decoding.early_exit import early_exit_generate, thesis_thresholds
 from sortedjax.decoding.plain import generate
 from sortedjax.decoding.speculative import speculative_generate
 from sortedjax.sampling import sample
 
 __all__ = [
+    "PAD",
     "early_exit_generate",
     "generate",
     "pad_prompts",

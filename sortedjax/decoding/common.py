@@ -26,6 +26,7 @@ from sortedjax.nn import KVCache
 from sortedjax.submodel import SubModel, check_sizes
 
 BUCKET = 64  # cache lengths are multiples of this: fewer recompilations
+PAD = -1  # the default pad id of generated rows: outside every vocabulary, so never read as a token
 
 
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=4)
@@ -45,7 +46,9 @@ def prefill(graphdef, state, tokens_BxP, mask_BxP, cache: KVCache, exit_layer, s
 
 
 def pad_prompts(prompt_ids, attention_mask=None, pad_id: int = 0):
-    """(tokens B x P, mask B x P) as numpy; ragged lists are left-padded with ``pad_id``."""
+    """(tokens B x P, mask B x P) as numpy; ragged lists are left-padded with ``pad_id`` (with 0
+    when ``pad_id`` is negative, e.g. :data:`PAD`: masked prompt slots must still embed)."""
+    pad_id = max(int(pad_id), 0)
     if isinstance(prompt_ids, (list, tuple)) and prompt_ids and isinstance(prompt_ids[0], (list, tuple, np.ndarray)):
         lens = [len(p) for p in prompt_ids]
         if len(set(lens)) > 1 and attention_mask is None:
@@ -107,6 +110,8 @@ def start(
     first ``exit_layer`` layers)."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if not isinstance(pad_id, (int, np.integer)) or isinstance(pad_id, bool):
+        raise TypeError(f"pad_id must be an int (a token id, or the default PAD={PAD}), got {pad_id!r}")
     tokens, mask = pad_prompts(prompt_ids, attention_mask, pad_id)
     check_ids(tokens, model.cfg.vocab_size)  # on the host: inside jit a bad id would embed as NaN
     longest = int(mask.sum(1).max()) + max_new_tokens
@@ -134,11 +139,14 @@ def stop_mask(model, stop_tokens: Sequence[int]) -> jax.Array:
     return jnp.asarray(stop)
 
 
-def finish(out, max_new_tokens: int, stop_tokens: Sequence[int], pad_id: int) -> np.ndarray:
-    """The first ``max_new_tokens`` columns, everything after a row's first stop token ``pad_id``."""
+def finish(out, max_new_tokens: int, stop_tokens: Sequence[int], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """(the first ``max_new_tokens`` columns with everything after a row's first stop token
+    ``pad_id``, each row's length: the tokens it made, its stop token included)."""
     out = np.array(out, np.int32)[:, :max_new_tokens]
+    lengths = np.full(out.shape[0], out.shape[1], np.int32)
     if stop_tokens:
         hit = np.isin(out, np.asarray(stop_tokens))
         after = np.cumsum(hit, axis=1) - hit > 0
         out[after] = pad_id
-    return out
+        lengths = (~after).sum(1).astype(np.int32)
+    return out, lengths

@@ -135,9 +135,10 @@ def early_exit_generate(
     exits: Sequence[int],
     threshold: float | Sequence[float] | None = None,
     stop_tokens: Sequence[int] = (),
-    pad_id: int = 0,
+    pad_id: int = common.PAD,
     attention_mask=None,
     sub: SubModel | None = None,
+    return_lengths: bool = False,
 ):
     """Greedy decoding with confidence-based early exit (prompt prefilled at full depth) of
     sub-model ``sub`` (``None``: the full model; its width, heads and rank apply at every exit,
@@ -147,6 +148,7 @@ def early_exit_generate(
     that exit's threshold (else at the last layer). ``threshold``: one value for every exit, one
     per exit, or ``None`` for the thesis' schedule (:func:`thesis_thresholds`). Returns (tokens,
     exit layer used per token), both numpy B x max_new_tokens (the layer is 0 after a stop).
+    ``pad_id`` and ``return_lengths`` (appends each row's length): as :func:`generate`.
     """
     bounds, thresholds, _ = _segments(model, exits, threshold, common.layer_sizes(model, sub)[0])
     st = common.start(model, prompt_ids, attention_mask, pad_id, max_new_tokens, sub=sub)
@@ -165,5 +167,7 @@ def early_exit_generate(
         st.depth,
         st.sub,
     )
-    tokens = common.finish(out, max_new_tokens, stop_tokens, pad_id)
-    return tokens, np.asarray(used[:, :max_new_tokens])
+    tokens, lengths = common.finish(out, max_new_tokens, stop_tokens, pad_id)
+    used = np.array(used[:, :max_new_tokens])
+    used[np.arange(used.shape[1])[None, :] >= lengths[:, None]] = 0  # no layer ran for padding
+    return (tokens, used, lengths) if return_lengths else (tokens, used)

@@ -63,10 +63,11 @@ def generate(
     top_k: int | None = None,
     top_p: float | None = None,
     stop_tokens: Sequence[int] = (),
-    pad_id: int = 0,
+    pad_id: int = common.PAD,
     seed: int = 0,
     attention_mask=None,
     return_logits: bool = False,
+    return_lengths: bool = False,
 ):
     """Generate ``max_new_tokens`` per row with a KV cache from sub-model ``sub`` (``depth``, ``width``,
     ``heads``, ``rank`` as the model defines them; ``None``: the full model). ``exit_layer=e`` is a
@@ -74,8 +75,11 @@ def generate(
 
     ``prompt_ids``: B x P (padded per ``attention_mask``, left or right) or a ragged list
     (left-padded here). Returns numpy B x max_new_tokens token ids; after a row's stop token
-    the row holds ``pad_id``. ``return_logits`` also returns the B x T x V step logits. The
-    prefill and one on-device loop run; nothing returns to the host per token.
+    the row holds ``pad_id`` (default :data:`~sortedjax.decoding.common.PAD` = -1, outside every
+    vocabulary; pass the tokenizer's pad id to get decodable rows). ``return_logits`` also returns
+    the B x T x V step logits; ``return_lengths`` appends each row's length (the tokens it made,
+    its stop token included) as the last value. The prefill and one on-device loop run; nothing
+    returns to the host per token.
     """
     st = common.start(model, prompt_ids, attention_mask, pad_id, max_new_tokens, exit_layer, sub=sub)
     controls = (jnp.float32(temperature), jnp.int32(top_k or 0), jnp.float32(1.0 if top_p is None else top_p))
@@ -95,8 +99,8 @@ def generate(
         jnp.int32(pad_id),
         st.sub,
     )
-    tokens = common.finish(out, max_new_tokens, stop_tokens, pad_id)
-    if not return_logits:
-        return tokens
+    tokens, lengths = common.finish(out, max_new_tokens, stop_tokens, pad_id)
     # steps after every row stopped were not run: their logits are zeros (as tokens are pad_id)
-    return tokens, np.asarray(lg[:, :max_new_tokens])
+    result = (tokens,) + ((np.asarray(lg[:, :max_new_tokens]),) if return_logits else ())
+    result += (lengths,) if return_lengths else ()
+    return result[0] if len(result) == 1 else result

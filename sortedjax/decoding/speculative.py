@@ -53,7 +53,6 @@ def speculate_loop(
     N = model.num_layers if target is None else target
     B, S = cache.valid.shape
     dist = functools.partial(distribution, temperature=controls[0], top_k=controls[1], top_p=controls[2])
-    rows = jnp.arange(B)
     # one row: a scalar slot (the cache is written with dynamic_update_slice, not a per-row scatter)
     at = (lambda slot_B: slot_B[0]) if B == 1 else (lambda slot_B: slot_B)
 
@@ -102,22 +101,8 @@ def speculate_loop(
             h_BxTxD=h_buf,
         )
         p = dist(model.logits_at_exit(h, N, sub=sub))  # B x (W+1) x V: the target after each chunk token
-        # accept draft t+1 with probability min(1, p_t / q_t) at the drafted token
-        d = chunk[:, 1:]
-        p_d = jnp.take_along_axis(p[:, :W], d[..., None], -1)[..., 0]
-        q_d = jnp.take_along_axis(q_buf[:, :W], d[..., None], -1)[..., 0]
-        u = jax.random.uniform(jax.random.fold_in(kr, W + 1), (B, W))
-        ok = (u * q_d < p_d) & (jnp.arange(W) < K)
-        n = jnp.cumprod(ok, axis=1).sum(1).astype(jnp.int32)  # accepted drafts per row
-        # the token after them: from max(0, p - q) at a rejection, from p when all K were accepted
-        p_n, q_n = p[rows, n], q_buf[rows, n]
-        resid = jnp.where((n < K)[:, None], jnp.maximum(p_n - q_n, 0.0), p_n)
-        resid = jnp.where(resid.sum(-1, keepdims=True) > 0, resid, p_n)
-        nxt = jax.random.categorical(jax.random.fold_in(kr, W + 2), jnp.log(resid)).astype(jnp.int32)
-        t = jnp.arange(W + 1)
-        emit = jnp.where(t < n[:, None], toks[:, 1 : W + 2], nxt[:, None])
-        write = (t <= n[:, None]) & active[:, None]
-        out = out.at[rows[:, None], jnp.where(write, n_out[:, None] + t, S)].set(emit, mode="drop")
+        n, nxt = accept(p, q_buf, toks, K, kr)
+        out, emit, write = emit_tokens(out, toks, n, nxt, n_out, active)
         stopped = (stop_V[emit] & write).any(1)
         adv = jnp.where(active, n + 1, 0)
         n_out = n_out + adv
@@ -140,6 +125,40 @@ def speculate_loop(
     return c[7], c[9], c[0], c[8]
 
 
+def accept(p, q_buf, toks, K, key):
+    """Per row: how many of the ``K`` drafts ``toks[:, 1:]`` (probabilities ``q_buf`` under the
+    draft) are accepted against the target's ``p`` (``B x (W+1) x V``) by the rejection rule
+    (accept draft ``t+1`` with probability ``min(1, p_t / q_t)``; exact argmax agreement when
+    greedy), and the token after them: drawn from ``max(0, p - q)`` at a rejection, from ``p`` when
+    all ``K`` were accepted."""
+    B, W = p.shape[0], p.shape[1] - 1
+    rows = jnp.arange(B)
+    d = toks[:, 1 : W + 1]
+    p_d = jnp.take_along_axis(p[:, :W], d[..., None], -1)[..., 0]
+    q_d = jnp.take_along_axis(q_buf[:, :W], d[..., None], -1)[..., 0]
+    u = jax.random.uniform(jax.random.fold_in(key, W + 1), (B, W))
+    ok = (u * q_d < p_d) & (jnp.arange(W)[None, :] < K)
+    n = jnp.cumprod(ok, axis=1).sum(1).astype(jnp.int32)
+    p_n, q_n = p[rows, n], q_buf[rows, n]
+    resid = jnp.where((n < K)[:, None], jnp.maximum(p_n - q_n, 0.0), p_n)
+    resid = jnp.where(resid.sum(-1, keepdims=True) > 0, resid, p_n)
+    nxt = jax.random.categorical(jax.random.fold_in(key, W + 2), jnp.log(resid)).astype(jnp.int32)
+    return n, nxt
+
+
+def emit_tokens(out, toks, n, nxt, n_out, active):
+    """Write each active row's ``n`` accepted drafts and the token after them at its own output
+    position ``n_out``; returns (out, the ``B x (W+1)`` tokens emitted, which of them were written)."""
+    B, S = out.shape
+    W = toks.shape[1] - 2
+    t = jnp.arange(W + 1)[None, :]
+    emit = jnp.where(t < n[:, None], toks[:, 1 : W + 2], nxt[:, None])
+    write = (t <= n[:, None]) & active[:, None]
+    rows = jnp.arange(B)[:, None]
+    out = out.at[rows, jnp.where(write, n_out[:, None] + t, S)].set(emit, mode="drop")
+    return out, emit, write
+
+
 def speculative_generate(
     model,
     prompt_ids,
@@ -155,8 +174,9 @@ def speculative_generate(
     top_p: float | None = None,
     seed: int = 0,
     stop_tokens: Sequence[int] = (),
-    pad_id: int = 0,
+    pad_id: int = common.PAD,
     attention_mask=None,
+    return_lengths: bool = False,
 ):
     """Self-speculative decoding of sub-model ``sub`` (``None``: the full model) with its first
     ``draft_exit`` layers as the draft (the draft is a depth: ``sub``'s width, heads and rank apply
@@ -168,6 +188,7 @@ def speculative_generate(
     temperature / top-k / top-p). Returns ``(tokens B x max_new_tokens, stats)``: ``verifies`` (rounds
     of draft + verification), ``tokens_per_verify`` (tokens a row made per verification), ``acceptance_rate``
     (accepted / drafted) and ``rejection_ratio`` (rejected / drafted, the thesis' measure).
+    ``pad_id`` and ``return_lengths`` (appends each row's length): as :func:`generate`.
     """
     model.check_exit(draft_exit)
     if not 1 <= max_draft:
@@ -206,4 +227,5 @@ def speculative_generate(
         "rejection_ratio": (drafted - accepted) / max(drafted, 1),
         "drafted": drafted,
     }
-    return common.finish(out, max_new_tokens, stop_tokens, pad_id), stats
+    tokens, lengths = common.finish(out, max_new_tokens, stop_tokens, pad_id)
+    return (tokens, stats, lengths) if return_lengths else (tokens, stats)
