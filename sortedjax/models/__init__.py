@@ -21,8 +21,12 @@ REGISTRY = {
     "RobertaForSequenceClassification": (EncoderConfig, Encoder),
     "RobertaModel": (EncoderConfig, Encoder),
 }
-_MODEL_TYPES = {"llama": (LlamaConfig, Llama), "gpt2": (GPT2Config, GPT2), "bert": (EncoderConfig, Encoder),
-                "roberta": (EncoderConfig, Encoder)}
+_MODEL_TYPES = {
+    "llama": (LlamaConfig, Llama),
+    "gpt2": (GPT2Config, GPT2),
+    "bert": (EncoderConfig, Encoder),
+    "roberta": (EncoderConfig, Encoder),
+}
 
 
 def for_model_type(model_type: str):

@@ -109,7 +109,7 @@ class Encoder(nnx.Module):
         return HFDescriptor(
             architecture=arch,
             layer_prefix=f"{arch}.encoder.layer.",
-            layer_linears=common.hf_linears(_HF_LAYER),
+            layer_linears=hf.hf_linears(_HF_LAYER),
             heads=heads,
         )
 
@@ -272,10 +272,10 @@ _HF_HEAD = {  # model type -> our path -> (HF name, n_in); the head may be absen
 
 
 def _hf_names(cfg: EncoderConfig, prefix: str) -> list:
-    shapes = common.param_shapes(lambda: Encoder(cfg, rngs=nnx.Rngs(0)))
+    shapes = hf.param_shapes(lambda: Encoder(cfg, rngs=nnx.Rngs(0)))
     at = lambda path: shapes[path[0]][path[1]]  # noqa: E731
     out = [((path,), prefix + name, n_in, at(path)) for path, (name, n_in) in _HF_TOP.items()]
-    out += common.layer_entries(_HF_LAYER, shapes["layers"]["layers"], cfg.num_hidden_layers, f"{prefix}encoder.layer.")
+    out += hf.layer_entries(_HF_LAYER, shapes["layers"]["layers"], cfg.num_hidden_layers, f"{prefix}encoder.layer.")
     out += [((p,), n.format(p=prefix), n_in, at(p)) for p, (n, n_in) in _HF_HEAD[cfg.model_type].items()]
     return out
 
@@ -302,7 +302,7 @@ def from_pretrained(path_or_id: str, dtype: str = "float32", mesh=None, **overri
     fresh = ()
     if "num_labels" in overrides:  # a new task: a classifier of another size starts fresh
         fresh = tuple(n for n in head[2:] if n in sd and sd[n].shape[0] != cfg.num_labels)
-    params = common.load_params(sd, entries, np.dtype(cfg.jnp_dtype), optional=head, fresh=fresh)
+    params = hf.load_params(sd, entries, np.dtype(cfg.jnp_dtype), optional=head, fresh=fresh)
     return hf.place(lambda: Encoder(cfg, rngs=nnx.Rngs(0)), params, mesh)
 
 
@@ -317,6 +317,6 @@ def save_pretrained(model: Encoder, out_dir, sub: SubModel | None = None) -> Non
     c = small.cfg
     n = common.hf_heads(c.hidden_size, c.num_attention_heads, c.head_dim, "BERT / RoBERTa")
     cfg = dataclasses.replace(c, num_attention_heads=n, head_dim=c.head_dim)
-    pad = None if n == c.num_attention_heads else common.param_shapes(lambda: Encoder(cfg, rngs=nnx.Rngs(0)))
+    pad = None if n == c.num_attention_heads else hf.param_shapes(lambda: Encoder(cfg, rngs=nnx.Rngs(0)))
     entries = _hf_names(cfg, f"{c.model_type}.")
-    hf.write_checkpoint(out_dir, cfg.to_hf(), common.checkpoint_tensors(small, entries, pad_to=pad))
+    hf.write_checkpoint(out_dir, cfg.to_hf(), hf.checkpoint_tensors(small, entries, pad_to=pad))

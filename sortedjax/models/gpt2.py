@@ -75,7 +75,7 @@ class GPT2(nnx.Module):
     def hf_descriptor(self) -> HFDescriptor:
         """Hugging Face module names of the Linears (``GPT2LMHeadModel``; ``c_attn`` fuses q, k, v)."""
         return HFDescriptor(
-            architecture="gpt2", layer_prefix="transformer.h.", layer_linears=common.hf_linears(_HF_LAYER), heads={}
+            architecture="gpt2", layer_prefix="transformer.h.", layer_linears=hf.hf_linears(_HF_LAYER), heads={}
         )
 
     @property
@@ -222,9 +222,9 @@ _HF_TOP = {
 
 
 def _hf_names(cfg: GPT2Config, prefix: str) -> list:
-    shapes = common.param_shapes(lambda: GPT2(cfg, rngs=nnx.Rngs(0)))
+    shapes = hf.param_shapes(lambda: GPT2(cfg, rngs=nnx.Rngs(0)))
     out = [((p,), prefix + name, None, shapes[p[0]][p[1]]) for p, name in _HF_TOP.items()]
-    return out + common.layer_entries(_HF_LAYER, shapes["layers"]["layers"], cfg.num_hidden_layers, f"{prefix}h.")
+    return out + hf.layer_entries(_HF_LAYER, shapes["layers"]["layers"], cfg.num_hidden_layers, f"{prefix}h.")
 
 
 def from_pretrained(path_or_id: str, dtype: str = "float32", mesh=None, **overrides: Any) -> GPT2:
@@ -237,7 +237,7 @@ def from_pretrained(path_or_id: str, dtype: str = "float32", mesh=None, **overri
     extra = sorted(k for k in sd if k.startswith(f"{prefix}h.{cfg.num_hidden_layers}."))
     if extra:
         raise ValueError(f"checkpoint has tensor {extra[0]!r} but config.json says n_layer={cfg.num_hidden_layers}")
-    params = common.load_params(sd, _hf_names(cfg, prefix), np.dtype(cfg.jnp_dtype), conv1d=True)
+    params = hf.load_params(sd, _hf_names(cfg, prefix), np.dtype(cfg.jnp_dtype), conv1d=True)
     return hf.place(lambda: GPT2(cfg, rngs=nnx.Rngs(0)), params, mesh)
 
 
@@ -256,6 +256,6 @@ def save_pretrained(model: GPT2, out_dir, sub: SubModel | None = None, num_layer
     c = small.cfg
     n = common.hf_heads(c.hidden_size, c.num_attention_heads, c.head_dim, "GPT-2")
     cfg = dataclasses.replace(c, num_attention_heads=n, head_dim=c.head_dim)
-    pad = None if n == c.num_attention_heads else common.param_shapes(lambda: GPT2(cfg, rngs=nnx.Rngs(0)))
-    tensors = common.checkpoint_tensors(small, _hf_names(cfg, "transformer."), conv1d=True, pad_to=pad)
+    pad = None if n == c.num_attention_heads else hf.param_shapes(lambda: GPT2(cfg, rngs=nnx.Rngs(0)))
+    tensors = hf.checkpoint_tensors(small, _hf_names(cfg, "transformer."), conv1d=True, pad_to=pad)
     hf.write_checkpoint(out_dir, cfg.to_hf(), tensors)

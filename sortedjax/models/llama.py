@@ -122,7 +122,7 @@ class Llama(nnx.Module):
 
     def hf_descriptor(self) -> HFDescriptor:
         """Hugging Face module names of the Linears (``LlamaForCausalLM``), for PEFT adapters."""
-        layer = {(p[:-1],): s.removesuffix(".weight") for p, (s, _) in _HF_LAYER.items() if p[-1] == "kernel"}
+        layer = hf.hf_linears(_HF_LAYER)
         heads = {} if self.cfg.tie_word_embeddings else {"lm_head": "lm_head"}
         return HFDescriptor(architecture="llama", layer_prefix="model.layers.", layer_linears=layer, heads=heads)
 
@@ -299,37 +299,30 @@ class Llama(nnx.Module):
 
 
 # -- Hugging Face checkpoints ---------------------------------------------------------------
-_HF_LAYER = {  # our per-layer parameter path -> (HF suffix, Linear with this many input axes / None)
-    ("attn_norm", "scale"): ("input_layernorm.weight", None),
-    ("attn", "q", "kernel"): ("self_attn.q_proj.weight", 1),
-    ("attn", "k", "kernel"): ("self_attn.k_proj.weight", 1),
-    ("attn", "v", "kernel"): ("self_attn.v_proj.weight", 1),
-    ("attn", "o", "kernel"): ("self_attn.o_proj.weight", 2),
-    ("mlp_norm", "scale"): ("post_attention_layernorm.weight", None),
-    ("mlp", "gate", "kernel"): ("mlp.gate_proj.weight", 1),
-    ("mlp", "up", "kernel"): ("mlp.up_proj.weight", 1),
-    ("mlp", "down", "kernel"): ("mlp.down_proj.weight", 1),
+_HF_LAYER = {  # HF suffix -> (our per-layer paths, n_in: Linear input axes / None as is)
+    "input_layernorm.weight": ((("attn_norm", "scale"),), None),
+    "self_attn.q_proj.weight": ((("attn", "q", "kernel"),), 1),
+    "self_attn.k_proj.weight": ((("attn", "k", "kernel"),), 1),
+    "self_attn.v_proj.weight": ((("attn", "v", "kernel"),), 1),
+    "self_attn.o_proj.weight": ((("attn", "o", "kernel"),), 2),
+    "post_attention_layernorm.weight": ((("mlp_norm", "scale"),), None),
+    "mlp.gate_proj.weight": ((("mlp", "gate", "kernel"),), 1),
+    "mlp.up_proj.weight": ((("mlp", "up", "kernel"),), 1),
+    "mlp.down_proj.weight": ((("mlp", "down", "kernel"),), 1),
 }
 
 
-def _hf_names(cfg: LlamaConfig):
-    """(our path, HF name, n_in or None, our shape) for every tensor of a checkpoint."""
-    abstract = nnx.eval_shape(lambda: Llama(cfg, rngs=nnx.Rngs(0)))
-    shapes = jax.tree.map(lambda x: x.shape, nnx.to_pure_dict(nnx.state(abstract, nnx.Param)))
-    out = [
-        (("embed", "embedding"), "model.embed_tokens.weight", None, shapes["embed"]["embedding"]),
-        (("final_norm", "scale"), "model.norm.weight", None, shapes["final_norm"]["scale"]),
-    ]
+def _hf_names(cfg: LlamaConfig) -> list:
+    """The checkpoint's entries (:mod:`sortedjax.hf.walk`): embedding, final norm, head, layers."""
+    shapes = hf.param_shapes(lambda: Llama(cfg, rngs=nnx.Rngs(0)))
+    top = {
+        ("embed", "embedding"): ("model.embed_tokens.weight", None),
+        ("final_norm", "scale"): ("model.norm.weight", None),
+    }
     if not cfg.tie_word_embeddings:
-        out.append((("lm_head", "kernel"), "lm_head.weight", 1, shapes["lm_head"]["kernel"]))
-    layer_shapes = shapes["layers"]["layers"]
-    for path, (suffix, n_in) in _HF_LAYER.items():
-        shape = layer_shapes
-        for k in path:
-            shape = shape[k]
-        for i in range(cfg.num_hidden_layers):
-            out.append((("layers", "layers") + path + (i,), f"model.layers.{i}.{suffix}", n_in, shape[1:]))
-    return out
+        top[("lm_head", "kernel")] = ("lm_head.weight", 1)
+    out = [((p,), name, n_in, shapes[p[0]][p[1]]) for p, (name, n_in) in top.items()]
+    return out + hf.layer_entries(_HF_LAYER, shapes["layers"]["layers"], cfg.num_hidden_layers, "model.layers.")
 
 
 def from_pretrained(path_or_id: str, dtype: str = "float32", mesh=None, **overrides: Any) -> Llama:
@@ -343,17 +336,7 @@ def from_pretrained(path_or_id: str, dtype: str = "float32", mesh=None, **overri
         raise ValueError(
             f"checkpoint has tensor {extra[0]!r} but config.json says num_hidden_layers={cfg.num_hidden_layers}"
         )
-    dt = np.dtype(cfg.jnp_dtype)
-    params: dict = {}
-    stacked: dict = {}
-    for path, name, n_in, shape in _hf_names(cfg):
-        w = hf.read_tensor(sd, name, shape, n_in, dt)
-        if isinstance(path[-1], int):
-            stacked.setdefault(path[:-1], []).append(w)
-        else:
-            hf.set_path(params, path, w)
-    for path, ws in stacked.items():
-        hf.set_path(params, path, np.stack(ws))
+    params = hf.load_params(sd, _hf_names(cfg), np.dtype(cfg.jnp_dtype))
     if cfg.num_exit_heads:  # separate exit heads start as copies of the final norm + head
         head = params["embed"]["embedding"].T if cfg.tie_word_embeddings else params["lm_head"]["kernel"]
         params["exit_norm"] = np.stack([params["final_norm"]["scale"]] * cfg.num_exit_heads)
@@ -378,12 +361,5 @@ def save_pretrained(model: Llama, out_dir, sub: SubModel | None = None, num_laye
     if not distributed.is_main():  # several processes: process 0 writes, the others wait for it
         distributed.sync("llama_save_pretrained")
         return
-    tensors = {}
-    for path, name, n_in, _ in _hf_names(small.cfg):
-        w = params
-        for k in path[:-1] if isinstance(path[-1], int) else path:
-            w = w[k]
-        w = np.asarray(jax.device_get(w))
-        tensors[name] = hf.to_torch_layout(w[path[-1]] if isinstance(path[-1], int) else w, n_in)
-    hf.write_checkpoint(out_dir, small.cfg.to_hf(), tensors)
+    hf.write_checkpoint(out_dir, small.cfg.to_hf(), hf.checkpoint_tensors(params, _hf_names(small.cfg)))
     distributed.sync("llama_save_pretrained")
