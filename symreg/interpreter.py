@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from symreg.program import _CONST, _VAR, OP
+from symreg.program import LEAF_CONST, LEAF_VAR, OP
 
 INV_EPS = 1e-6
 EXP_MAX = 40.0
@@ -35,8 +35,8 @@ UNROLL = 1  # full unrolling of the scans was ~40x slower at run time and compil
 def _leaves(prog, consts_K, X_NxD):
     kind, idx = prog["leaf_kind"], prog["leaf_idx"]
     var_MxN = X_NxD.T[jnp.clip(idx, 0, X_NxD.shape[1] - 1)]
-    scalar_M = jnp.where(kind == _CONST, consts_K[jnp.clip(idx, 0, consts_K.shape[0] - 1)], prog["leaf_imm"])
-    return jnp.where((kind == _VAR)[:, None], var_MxN, scalar_M[:, None])
+    scalar_M = jnp.where(kind == LEAF_CONST, consts_K[jnp.clip(idx, 0, consts_K.shape[0] - 1)], prog["leaf_imm"])
+    return jnp.where((kind == LEAF_VAR)[:, None], var_MxN, scalar_M[:, None])
 
 
 def _sincos(x):
@@ -296,7 +296,7 @@ def _evaluate_bwd(res, g):
     xs = (jnp.arange(P), prog["a"], prog["b"], dx_PxN, dy_PxN, dbad_PxN)
     adj, _ = jax.lax.scan(body, adj, xs, reverse=True, unroll=UNROLL)
     K = consts_K.shape[0]
-    is_c_MxK = (prog["leaf_kind"] == _CONST)[:, None] & (prog["leaf_idx"][:, None] == jnp.arange(K))
+    is_c_MxK = (prog["leaf_kind"] == LEAF_CONST)[:, None] & (prog["leaf_idx"][:, None] == jnp.arange(K))
     g_c = is_c_MxK.astype(adj.dtype).T @ jnp.sum(adj[:M], axis=1)
     zeros = jax.tree.map(
         lambda z: np.zeros(z.shape, jax.dtypes.float0) if jnp.issubdtype(z.dtype, jnp.integer) else jnp.zeros_like(z),

@@ -187,7 +187,7 @@ def pack_programs(programs: list[Program], n_leaves: int, n_ops: int) -> dict[st
     them. Padding leaves are the literal 0; padding operations copy the program's root, so
     the result is always the last slot."""
     B = len(programs)
-    leaf_kind = np.full((B, n_leaves), _LIT, np.int32)
+    leaf_kind = np.full((B, n_leaves), LEAF_LIT, np.int32)
     leaf_idx = np.zeros((B, n_leaves), np.int32)
     leaf_imm = np.zeros((B, n_leaves), np.float32)
     op = np.full((B, n_ops), OP["id"], np.int32)
@@ -211,4 +211,4 @@ def pack_programs(programs: list[Program], n_leaves: int, n_ops: int) -> dict[st
     return {"leaf_kind": leaf_kind, "leaf_idx": leaf_idx, "leaf_imm": leaf_imm, "op": op, "a": a, "b": b, "imm": imm}
 
 
-_VAR, _CONST, _LIT = 0, 1, 2  # leaf kinds: OP[...] - OP["var"]
+LEAF_VAR, LEAF_CONST, LEAF_LIT = 0, 1, 2  # leaf kinds: OP[...] - OP["var"]

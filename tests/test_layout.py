@@ -12,9 +12,28 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGES = ("sortedjax", "symreg", "experiments")
 # function-local imports are for optional or heavy dependencies only (imported when a feature runs)
 LOCAL_OK = {
-    "torch", "transformers", "peft", "matplotlib", "sklearn", "tensorflow_datasets", "datasets", "tokenizers",
-    "huggingface_hub", "gplearn", "pyoperon", "pandas", "scipy", "safetensors", "orbax", "jaxopt", "optax", "jax",
-    "tqdm", "sympy", "flax", "numpy",
+    "torch",
+    "transformers",
+    "peft",
+    "matplotlib",
+    "sklearn",
+    "tensorflow_datasets",
+    "datasets",
+    "tokenizers",
+    "huggingface_hub",
+    "gplearn",
+    "pyoperon",
+    "pandas",
+    "scipy",
+    "safetensors",
+    "orbax",
+    "jaxopt",
+    "optax",
+    "jax",
+    "tqdm",
+    "sympy",
+    "flax",
+    "numpy",
 }
 
 
@@ -32,6 +51,7 @@ def _modules() -> dict[str, pathlib.Path]:
 def _imports(mods):
     """``{module: {imported project module}}`` (every import statement, also inside functions and
     ``TYPE_CHECKING``) and the function-local imports of outside packages."""
+
     def resolve(name):
         while name and name not in mods:
             name = name.rpartition(".")[0]
@@ -142,10 +162,27 @@ def test_readme_layout_table_matches_the_tree():
         paths = re.findall(r"`([^`]+)`", first)
         base = paths[0].rsplit("/", 1)[0] + "/" if "/" in paths[0].rstrip("/") else ""
         for p in paths:
-            full = p if p.startswith(("sortedjax", "symreg", "experiments", "benchmarks", "tpu", "notebooks", "docs")) else base + p
+            full = (
+                p
+                if p.startswith(("sortedjax", "symreg", "experiments", "benchmarks", "tpu", "notebooks", "docs"))
+                else base + p
+            )
             assert (ROOT / full).exists(), f"README layout names {full}, which does not exist"
             named.add(full.rstrip("/"))
     packages = [f"sortedjax/{d.name}" for d in (ROOT / "sortedjax").iterdir() if (d / "__init__.py").exists()]
     modules = [f"sortedjax/{f.name}" for f in (ROOT / "sortedjax").glob("*.py") if not f.name.startswith("_")]
     missing = [p for p in packages + modules if p not in named]
     assert missing == [], f"not in README's layout table: {missing}"
+
+
+def test_no_private_names_imported_across_modules():
+    found = []
+    for f in _modules().values():
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in PACKAGES:
+                found += [
+                    f"{f.relative_to(ROOT)}:{node.lineno} {a.name}"
+                    for a in node.names
+                    if a.name.startswith("_") and not a.name.startswith("__")
+                ]
+    assert not found, found

@@ -63,7 +63,7 @@ def test_generated_test_problems_fit_in_train_range_score_in_test_range(tmp_path
     for p in probs:
         assert np.all(np.abs(p["X"]) <= 3) and np.all(np.abs(p["X_test"]) >= 3)
         assert np.all(np.isfinite(p["y"])) and p["X"].shape == p["X_test"].shape
-        np.testing.assert_allclose(sg._eval_on(p["expr"], p["X_test"]), p["y_test"], rtol=1e-3, atol=1e-3)
+        np.testing.assert_allclose(sg.eval_on(p["expr"], p["X_test"]), p["y_test"], rtol=1e-3, atol=1e-3)
     assert (tmp_path / "1var" / "data").is_dir()
     # the bar's protocol: fit on 60 points, scored on 200 fresh held-out ones
     bar = sg.generated_test_set(
@@ -71,7 +71,7 @@ def test_generated_test_problems_fit_in_train_range_score_in_test_range(tmp_path
     )
     for p in bar:
         assert p["X"].shape == (60, 1) and p["X_test"].shape == (200, 1) and np.all(np.abs(p["X_test"]) >= 3)
-        np.testing.assert_allclose(sg._eval_on(p["expr"], p["X_test"]), p["y_test"], rtol=1e-3, atol=1e-3)
+        np.testing.assert_allclose(sg.eval_on(p["expr"], p["X_test"]), p["y_test"], rtol=1e-3, atol=1e-3)
 
 
 def test_general2_uses_benchmark_skeletons_with_training_like_constants_and_points(tmp_path):
@@ -86,7 +86,7 @@ def test_general2_uses_benchmark_skeletons_with_training_like_constants_and_poin
         assert p["name"].split("-", 1)[1].rsplit("-", 1)[0] in names
         assert 20 <= len(p["y"]) <= 250 and np.all(np.abs(p["X"]) <= 3) and np.all(np.abs(p["X_test"]) >= 3)
         assert np.all(np.isfinite(p["y"])) and np.abs(p["y"]).max() <= 1e4
-        np.testing.assert_allclose(sg._eval_on(p["expr"], p["X"]), p["y"], rtol=1e-3, atol=1e-3)
+        np.testing.assert_allclose(sg.eval_on(p["expr"], p["X"]), p["y"], rtol=1e-3, atol=1e-3)
         assert parse_skeleton(p["skeleton"])[0].free_symbols  # a valid skeleton with variables
     assert sg.general2_test_set(cfg, 12)[3]["expr"] == probs[3]["expr"]  # seeded
 

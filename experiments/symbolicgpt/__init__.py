@@ -77,9 +77,9 @@ from experiments.common import flags
 from experiments.symbolicgpt.config import PROTOCOLS, QUICK, Config, for_setting  # noqa: F401 - the config, re-exported
 from experiments.symbolicgpt.data import (  # noqa: F401 - re-exported
     SETTINGS,
-    _ensure_dataset,
-    _eval_on,
     benchmark_test_set,
+    ensure_dataset,
+    eval_on,
     general2_test_set,
     generated_test_set,
     model_dir,
@@ -103,7 +103,6 @@ from symreg.train import make_arrays, train_symbolicgpt
 
 
 def _train_config(cfg: Config, name: str):
-
     return TrainConfig(
         workdir=os.path.join(os.path.dirname(model_dir(cfg)), name),
         steps=cfg.steps,
@@ -136,14 +135,13 @@ def train_model(cfg: Config, conditional: bool = False):
         retrain = True
     tok = SkeletonTokenizer()
     t0 = time.time()
-    instances = _ensure_dataset(cfg, "train", cfg.n_train, cfg.seed)
+    instances = ensure_dataset(cfg, "train", cfg.n_train, cfg.seed)
     n_points = min(cfg.max_points, max(len(i["y"]) for i in instances))
     arrays, kept = make_arrays(instances, tok, max_len=cfg.max_len, max_vars=cfg.max_vars, n_points=n_points)
     print(f"data: {len(kept)} of {len(instances)} train equations fit max_len={cfg.max_len} ({time.time() - t0:.0f}s)")
     mcfg = ModelConfig.preset(cfg.preset, vocab_size=tok.vocab_size, max_len=cfg.max_len, max_vars=cfg.max_vars)
     t0 = time.time()
     if conditional:
-
         arrays = add_controls(arrays, [instances[i]["skeleton"] for i in kept])
         tcfg = _train_config(cfg, "c-train")
         result = train_conditional(mcfg, arrays, tcfg, batch_size=cfg.batch_size, restart=retrain)
@@ -229,4 +227,3 @@ def main(argv=None) -> None:
             json.dump({**old, **results, "log_base": {"frac_below": "10", "frac_below_ln": "e"}}, f, indent=1)
         symbolicgpt_report.figure_2_2(cfg.workdir)
     print(f"total wall time {time.time() - t0:.0f}s (" + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()) + ")")
-

@@ -39,7 +39,7 @@ def model_dir(cfg: Config, conditional: bool = False) -> str:
     return os.path.join(root, train_setting(cfg.current), "c-model" if conditional else "model")
 
 
-def _ensure_dataset(cfg: Config, split: str, n: int, seed: int) -> list[dict]:
+def ensure_dataset(cfg: Config, split: str, n: int, seed: int) -> list[dict]:
 
     s = train_setting(cfg.current)
     path = os.path.join(root_dir(cfg), s, "data", f"{s}-{split}-{n}-{seed}")
@@ -57,7 +57,7 @@ def _ensure_dataset(cfg: Config, split: str, n: int, seed: int) -> list[dict]:
     return load_dataset(path)
 
 
-def _eval_on(expr, X: np.ndarray):
+def eval_on(expr, X: np.ndarray):
     import sympy
 
 
@@ -79,7 +79,7 @@ def _test_points(rng, cfg: Config, expr, X_default, y_default):
         return X_default, y_default
 
     X = sample_x(rng, cfg.test_points, X_default.shape[1], "test", DatasetConfig()).astype(np.float32)
-    return X, _eval_on(expr, X)
+    return X, eval_on(expr, X)
 
 
 def generated_test_set(cfg: Config, n: int) -> list[dict]:
@@ -89,10 +89,10 @@ def generated_test_set(cfg: Config, n: int) -> list[dict]:
         return general2_test_set(cfg, n)
     rng = np.random.default_rng(cfg.seed + 17)
     out = []
-    for inst in _ensure_dataset(cfg, "test", 2 * n, cfg.seed + 1):
+    for inst in ensure_dataset(cfg, "test", 2 * n, cfg.seed + 1):
         n_fit = cfg.fit_points or len(inst["y"])
         X_fit = rng.uniform(-3, 3, (n_fit, inst["X"].shape[1])).astype(np.float32)
-        y_fit = _eval_on(inst["expr"], X_fit)
+        y_fit = eval_on(inst["expr"], X_fit)
         X_test, y_test = _test_points(rng, cfg, inst["expr"], inst["X"], inst["y"])
         if not (_usable(y_fit) and np.all(np.isfinite(y_test))):
             continue  # undefined on the training range: not a fair extrapolation test
@@ -144,7 +144,7 @@ def general2_test_set(cfg: Config, n: int) -> list[dict]:
         n_fit = cfg.fit_points or int(rng.integers(20, 251))
         X = rng.uniform(-3, 3, (n_fit, eq.n_vars)).astype(np.float32)
         X_test = sample_x(rng, cfg.test_points or n_fit, eq.n_vars, "test", DatasetConfig()).astype(np.float32)
-        y, y_test = _eval_on(expr, X), _eval_on(expr, X_test)
+        y, y_test = eval_on(expr, X), eval_on(expr, X_test)
         if not (_usable(y) and _usable(y_test)):
             continue
         out.append(
