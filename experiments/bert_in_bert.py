@@ -44,7 +44,7 @@ import sys
 import numpy as np
 
 import experiments.sortednet_glue as glue
-from experiments.common import flags
+from experiments.common import flags, requires
 from sortedjax import extract, hf
 from sortedjax.data import nlu
 from sortedjax.data.nlu import pretrain as nlu_pretrain
@@ -79,7 +79,6 @@ class BertInBertExperiment:
     )
 
     def __post_init__(self):
-
         nlu.task_spec(self.task)
         for f in ("steps", "batch_size", "g_acc", "max_len", "n_train", "n_eval"):
             if getattr(self, f) < 1:
@@ -112,7 +111,6 @@ def inner_sizes(cfg: BertInBertExperiment, model) -> dict[str, int]:
 
 
 def large_checkpoint(cfg: BertInBertExperiment) -> str:
-
     if cfg.model is not None:
         return cfg.model
     pcfg = nlu_pretrain.PretrainConfig(
@@ -131,7 +129,6 @@ def export_inner(model, sizes: dict, tok, arrays: dict, spec, out_dir: str) -> d
     compare: ``{"max_abs_logit_diff", "score"}`` (transformers' score on ``arrays``)."""
     import torch
     import transformers
-
 
     sub = SubModel.of(**sizes)
     encoder.save_pretrained(model, out_dir, sub=sub)
@@ -158,7 +155,9 @@ def export_inner(model, sizes: dict, tok, arrays: dict, spec, out_dir: str) -> d
 
 
 def run(cfg: BertInBertExperiment) -> dict:
-
+    requires.require(
+        "torch", why="experiments.bert_in_bert (it checks its exported checkpoint in transformers' PyTorch)"
+    )
     os.makedirs(cfg.workdir, exist_ok=True)
     large = large_checkpoint(cfg)
     tok = hf.load_tokenizer(large)

@@ -40,12 +40,14 @@ import os
 import time
 
 import experiments.sortednet_vision.parts as parts
-from experiments.common import flags
+from experiments.common import flags, requires
 from experiments.sortednet_vision.config import Config  # noqa: F401 - the config, re-exported
 
 
 def main(argv=None) -> dict:
     cfg = flags.parse(Config, argv, description=__doc__)
+    if cfg.data == "cifar10":
+        requires.require("tensorflow_datasets", why="--data cifar10")
     os.makedirs(cfg.workdir, exist_ok=True)
     data = parts.load_data(cfg)
     print(data.summary())

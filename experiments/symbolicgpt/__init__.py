@@ -73,7 +73,7 @@ import os
 import time
 
 import experiments.symbolicgpt.report as symbolicgpt_report
-from experiments.common import flags
+from experiments.common import flags, requires
 from experiments.symbolicgpt.config import PROTOCOLS, QUICK, Config, for_setting  # noqa: F401 - the config, re-exported
 from experiments.symbolicgpt.data import (  # noqa: F401 - re-exported
     SETTINGS,
@@ -202,6 +202,9 @@ def parse_args(argv=None) -> tuple[str, Config]:
 
 def main(argv=None) -> None:
     command, cfg = parse_args(argv)
+    if command in ("all", "evaluate"):
+        needs = {"gplearn": "gplearn", "operon": "pyoperon"}
+        requires.require(*[needs[m] for m in cfg.methods if m in needs], why=f"--methods {','.join(cfg.methods)}")
     os.makedirs(cfg.workdir, exist_ok=True)
     t0 = time.time()
     print(
