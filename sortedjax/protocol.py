@@ -27,13 +27,19 @@ class HFDescriptor:
     ``architecture``: ``"llama"``, ``"bert"``, ``"roberta"``, ``"gpt2"``; ``layer_prefix``: the HF
     name of layer ``N`` is ``f"{layer_prefix}{N}."``; ``layer_linears``: our per-layer Linear paths
     (inside the layer stack; several for a fused HF module, in its output order) -> the HF module
-    suffix; ``heads``: our top-level Linear (outside the stack) -> its HF module name.
+    suffix; ``heads``: our top-level Linear (outside the stack) -> its HF module name;
+    ``headless``: the names are a base model's (``BertModel``, ``GPT2Model``: no task head, no
+    ``bert.`` / ``transformer.`` prefix), the checkpoint the model was loaded from; ``tensors``: the
+    tensor names of that checkpoint layout (what an adapter's module names are checked against;
+    empty: not checked).
     """
 
     architecture: str
     layer_prefix: str
     layer_linears: Mapping[tuple[tuple[str, ...], ...], str]
     heads: Mapping[str, str]
+    headless: bool = False
+    tensors: frozenset[str] = frozenset()
 
 
 @runtime_checkable

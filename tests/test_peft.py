@@ -291,3 +291,52 @@ def test_export_peft_from_a_trained_run(tmp_path, capsys):
         match=r"embed/embedding has shape \(99, 32\), the llama model .* needs \(50, 32\): it is not a checkpoint",
     ):
         export_peft.main(["--workdir", str(run), "--out", str(tmp_path / "o2")])
+
+
+def test_headless_bert_export_loads_onto_peft_bertmodel_with_equal_outputs(tmp_path):
+    """A DyLoRA adapter trained on a plain BertModel checkpoint (e.g. all-MiniLM-L6-v2) is named for
+    BertModel (no ``bert.`` prefix, no classifier), so PEFT loads every key onto ``BertModel``."""
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(
+        vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+        max_position_embeddings=40,
+    )  # fmt: skip
+    transformers.BertModel(cfg).eval().save_pretrained(tmp_path / "base")
+    with pytest.warns(UserWarning, match="newly initialised"):
+        model = encoder.from_pretrained(str(tmp_path / "base"))
+    assert model.hf_descriptor().headless and model.hf_descriptor().layer_prefix == "encoder.layer."
+    lora.apply_dylora(model, ["query", "value"], r=4, alpha=8.0, r_min=2)
+    randomize_up(model)
+    model.pooler.bias[...] += 0.5  # a trained pooler: BertModel has it, so it is written
+    with pytest.warns(UserWarning, match=r"\['classifier'\].*headless base model"):
+        lora.save_peft(model, tmp_path / "adapter", rank=3)
+    cfg = config(tmp_path / "adapter")
+    assert (cfg["task_type"], cfg["modules_to_save"]) == ("FEATURE_EXTRACTION", ["pooler"])
+    keys = set(load_file(tmp_path / "adapter" / "adapter_model.safetensors"))
+    assert "base_model.model.encoder.layer.0.attention.self.query.lora_A.weight" in keys
+    assert not any(k.startswith("base_model.model.bert.") or "classifier" in k for k in keys)
+    tokens, mask, _ = batch(0, 1)
+    out = model(jnp.asarray(tokens), attention_mask=jnp.asarray(mask), sub=SubModel.of(rank=3), head=False)
+    ref = peft.PeftModel.from_pretrained(transformers.BertModel.from_pretrained(str(tmp_path / "base")).eval(),
+                                         str(tmp_path / "adapter")).eval()  # fmt: skip
+    with torch.no_grad():
+        theirs = ref(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(mask))
+    np.testing.assert_allclose(out.last_hidden_state, theirs.last_hidden_state.numpy(), atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(out.pooler_output, theirs.pooler_output.numpy(), atol=1e-4, rtol=1e-4)
+    full = model(jnp.asarray(tokens), attention_mask=jnp.asarray(mask), head=False).last_hidden_state
+    assert not np.allclose(out.last_hidden_state, full, atol=1e-3)  # the adapters changed the outputs
+
+
+def test_export_refuses_adapter_names_the_checkpoint_lacks(tmp_path, monkeypatch):
+    import dataclasses
+
+    save_encoder(tmp_path / "base", "bert", num_hidden_layers=2)
+    model = encoder.from_pretrained(str(tmp_path / "base"))
+    lora.apply_dylora(model, ["query"], r=4, alpha=8.0)
+    good = model.hf_descriptor()
+    headless_tensors = frozenset(n.removeprefix("bert.") for n in good.tensors if not n.startswith("classifier"))
+    wrong = dataclasses.replace(good, tensors=headless_tensors, headless=True)  # task names, headless checkpoint
+    monkeypatch.setattr(type(model), "hf_descriptor", lambda self: wrong)
+    with pytest.raises(ValueError, match=r"adapter keys \['base_model.model.bert.encoder.layer.0.attention.self"):
+        lora.save_peft(model, tmp_path / "adapter", modules_to_save=False)
+    assert not (tmp_path / "adapter").exists()

@@ -94,7 +94,7 @@ def speculate_loop(
             chunk,
             cache,
             start=at(slot),
-            positions_BxT=pos[:, None] + jnp.arange(W + 1),
+            positions_BxT=pos[:, None] + jnp.arange(W + 1)[None, :],
             exit_layer=N,
             sub=sub,
             start_layer=draft,

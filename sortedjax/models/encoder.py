@@ -99,18 +99,28 @@ class Encoder(nnx.Module):
         return self.cfg.num_hidden_layers
 
     def hf_descriptor(self) -> HFDescriptor:
-        """Hugging Face module names of the Linears (``Bert``/``RobertaForSequenceClassification``)."""
+        """Hugging Face module names of the Linears in the layout of the checkpoint the model came
+        from: ``Bert``/``RobertaForSequenceClassification``, or a headless ``BertModel`` /
+        ``RobertaModel`` (``cfg.hf_prefix == ""``: no ``bert.`` prefix, no classifier)."""
         arch = self.cfg.model_type
-        heads = (
-            {"pooler": "bert.pooler.dense", "classifier": "classifier"}
-            if arch == "bert"
-            else {"pooler": "classifier.dense", "classifier": "classifier.out_proj"}
-        )
+        prefix = f"{arch}." if self.cfg.hf_prefix is None else self.cfg.hf_prefix
+        headless = prefix == ""
+        if arch == "bert":
+            heads = (
+                {"pooler": "pooler.dense"} if headless else {"pooler": "bert.pooler.dense", "classifier": "classifier"}
+            )
+        else:  # RobertaModel's own pooler is not our pooler (classifier.dense of the task model)
+            heads = {} if headless else {"pooler": "classifier.dense", "classifier": "classifier.out_proj"}
+        every = {name for _, name, _, _ in _hf_names(self.cfg, prefix)}
+        head = {n.format(p=prefix) for n, _ in _HF_HEAD[arch].values()}
+        tensors = (every - head) | {n for n in head if n.rsplit(".", 1)[0] in heads.values()}
         return HFDescriptor(
             architecture=arch,
-            layer_prefix=f"{arch}.encoder.layer.",
+            layer_prefix=f"{prefix}encoder.layer.",
             layer_linears=hf.hf_linears(_HF_LAYER),
             heads=heads,
+            headless=headless,
+            tensors=frozenset(tensors),
         )
 
     @property
@@ -297,6 +307,7 @@ def from_pretrained(path_or_id: str, dtype: str = "float32", mesh=None, **overri
         raise ValueError(
             f"checkpoint has tensor {extra[0]!r} but config.json says num_hidden_layers={cfg.num_hidden_layers}"
         )
+    cfg = dataclasses.replace(cfg, hf_prefix=prefix)  # adapters are named for this checkpoint's layout
     entries = _hf_names(cfg, prefix)
     head = tuple(name for _, name, _, _ in entries[-4:])  # pooler, classifier: absent from a base model
     fresh = ()

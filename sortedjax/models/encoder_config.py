@@ -42,6 +42,9 @@ class EncoderConfig:
     eos_token_id: int | None = None
     dtype: str = "float32"
     remat: str = "none"
+    # the tensor name prefix of the checkpoint it was loaded from: "bert." / "roberta." (a task
+    # model's), "" (a headless base model, e.g. BertModel); None: a task model's
+    hf_prefix: str | None = None
 
     def __post_init__(self):
         if self.head_dim is None:
@@ -85,6 +88,7 @@ class EncoderConfig:
         kw = {f.name: hf_cfg[f.name] for f in dataclasses.fields(cls) if f.name in hf_cfg}
         kw.pop("remat", None)
         kw.pop("head_dim", None)
+        kw.pop("hf_prefix", None)
         if "num_labels" not in hf_cfg and hf_cfg.get("id2label"):
             kw["num_labels"] = len(hf_cfg["id2label"])
         dt = hf_cfg.get("dtype") or hf_cfg.get("torch_dtype")

@@ -73,9 +73,17 @@ class GPT2(nnx.Module):
         return self.cfg.num_hidden_layers
 
     def hf_descriptor(self) -> HFDescriptor:
-        """Hugging Face module names of the Linears (``GPT2LMHeadModel``; ``c_attn`` fuses q, k, v)."""
+        """Hugging Face module names of the Linears (``c_attn`` fuses q, k, v) in the layout of the
+        checkpoint the model came from: ``GPT2LMHeadModel``, or a headless ``GPT2Model``
+        (``cfg.hf_prefix == ""``: no ``transformer.`` prefix)."""
+        prefix = "transformer." if self.cfg.hf_prefix is None else self.cfg.hf_prefix
         return HFDescriptor(
-            architecture="gpt2", layer_prefix="transformer.h.", layer_linears=hf.hf_linears(_HF_LAYER), heads={}
+            architecture="gpt2",
+            layer_prefix=f"{prefix}h.",
+            layer_linears=hf.hf_linears(_HF_LAYER),
+            heads={},
+            headless=prefix == "",
+            tensors=frozenset(name for _, name, _, _ in _hf_names(self.cfg, prefix)),
         )
 
     @property
@@ -237,6 +245,7 @@ def from_pretrained(path_or_id: str, dtype: str = "float32", mesh=None, **overri
     extra = sorted(k for k in sd if k.startswith(f"{prefix}h.{cfg.num_hidden_layers}."))
     if extra:
         raise ValueError(f"checkpoint has tensor {extra[0]!r} but config.json says n_layer={cfg.num_hidden_layers}")
+    cfg = dataclasses.replace(cfg, hf_prefix=prefix)  # adapters are named for this checkpoint's layout
     params = hf.load_params(sd, _hf_names(cfg, prefix), np.dtype(cfg.jnp_dtype), conv1d=True)
     return hf.place(lambda: GPT2(cfg, rngs=nnx.Rngs(0)), params, mesh)
 

@@ -51,6 +51,9 @@ class GPT2Config:
     pad_token_id: int | None = None
     dtype: str = "float32"
     remat: str = "none"
+    # the tensor name prefix of the checkpoint it was loaded from: "transformer." (GPT2LMHeadModel's),
+    # "" (a headless GPT2Model); None: GPT2LMHeadModel's
+    hf_prefix: str | None = None
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731

@@ -124,7 +124,10 @@ class Llama(nnx.Module):
         """Hugging Face module names of the Linears (``LlamaForCausalLM``), for PEFT adapters."""
         layer = hf.hf_linears(_HF_LAYER)
         heads = {} if self.cfg.tie_word_embeddings else {"lm_head": "lm_head"}
-        return HFDescriptor(architecture="llama", layer_prefix="model.layers.", layer_linears=layer, heads=heads)
+        tensors = frozenset(name for _, name, _, _ in _hf_names(self.cfg))
+        return HFDescriptor(
+            architecture="llama", layer_prefix="model.layers.", layer_linears=layer, heads=heads, tensors=tensors
+        )
 
     @property
     def limits(self) -> dict[str, int]:
@@ -155,7 +158,8 @@ class Llama(nnx.Module):
             raise ValueError(
                 "exit_index given but the model has no separate exit heads (LlamaConfig.exit_head_layers is empty)"
             )
-        normed = self.exit_norm[exit_index] * nn.norm.rms_normalize(h_xD, self.cfg.rms_norm_eps)
+        scale = self.exit_norm[exit_index].reshape((1,) * (h_xD.ndim - 1) + (-1,))
+        normed = scale * nn.norm.rms_normalize(h_xD, self.cfg.rms_norm_eps)
         return jnp.einsum("...d,dv->...v", normed, self.exit_head[exit_index]).astype(jnp.float32)
 
     def logits_at_exit(self, h_xD, exit_layer, *, sub: SubModel | None = None):

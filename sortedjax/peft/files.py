@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import warnings
 from pathlib import Path
 
 import jax
@@ -53,12 +54,22 @@ def _one_setting(found: dict) -> tuple:
 
 
 def _head_tensors(model, found: dict) -> tuple[dict, list[str]]:
-    """Torch-layout pooler / classifier weights of a sequence classifier (PEFT ``modules_to_save``)."""
+    """Torch-layout pooler / classifier weights of a sequence classifier (PEFT ``modules_to_save``);
+    a head the checkpoint's layout lacks (a headless ``BertModel`` has no classifier) is not
+    written, with a warning naming it."""
     arch = names.architecture(model)
     if arch not in _SAVE_HEAD:
         return {}, []
     linears, out = linear_paths(model), {}
-    for ours, hf in names.head_names(model).items():
+    heads = names.head_names(model)
+    missing = sorted(p for p in linears if "." not in p and p not in heads and p in ("pooler", "classifier"))
+    if missing:
+        warnings.warn(
+            f"{missing}: the checkpoint the model came from (a headless base model) has no such module, so "
+            "the adapter file cannot hold them; save the task head with save_pretrained",
+            stacklevel=3,
+        )
+    for ours, hf in heads.items():
         if ours in found:
             continue  # a LoRA-adapted head keeps its base weights in the base model
         lin = linears[ours]
@@ -119,9 +130,11 @@ def save_peft(
         fused[name] = len(sel)
     ks = set(fused.values())
     k0 = ks.pop() if len(ks) == 1 else 1
+    desc = names.descriptor(model)
+    headless = desc is not None and desc.headless
     config = {
         "peft_type": "LORA",
-        "task_type": _TASKS.get(arch),
+        "task_type": "FEATURE_EXTRACTION" if headless else _TASKS.get(arch),
         "base_model_name_or_path": base_model_name_or_path,
         "inference_mode": True,
         "r": k0 * b,
@@ -151,11 +164,35 @@ def save_peft(
         head, keep = _head_tensors(model, found)
         tensors.update(head)
         config["modules_to_save"] = keep or None
+    _check_names(tensors, desc, type(model).__name__)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / CONFIG_FILE).write_text(json.dumps(config, indent=2))
     save_file(tensors, str(out / WEIGHTS_FILE), metadata={"format": "pt", META_KEY: json.dumps(meta)})
+    written = set(_read(out)[1])
+    if written != set(tensors):
+        raise OSError(f"{out / WEIGHTS_FILE} holds {sorted(written ^ set(tensors))[:4]} unlike what was written")
     return out
+
+
+def _check_names(tensors: dict, desc, model_name: str) -> None:
+    """Every tensor must name a module of the checkpoint layout the model came from (``desc.tensors``):
+    PEFT silently drops an adapter whose module is not in the model it is loaded onto."""
+    if desc is None or not desc.tensors:
+        return
+    modules = {n.rsplit(".", 1)[0] for n in desc.tensors}
+    bad = []
+    for key in tensors:
+        name = key[len(PREFIX) :]
+        module = re.sub(r"\.lora_[AB]\.weight$", "", name)
+        if (module if module != name else name.rsplit(".", 1)[0]) not in modules:
+            bad.append(key)
+    if bad:
+        kind = "headless " if desc.headless else ""
+        raise ValueError(
+            f"adapter keys {sorted(bad)[:6]} name no module of the {kind}{desc.architecture} checkpoint "
+            f"{model_name} was loaded from (its modules: {names.pattern_names(modules)[:8]}); PEFT would drop them"
+        )
 
 
 def _read(adapter_dir) -> tuple[dict, dict, dict]:

@@ -80,7 +80,6 @@ def select(model: nnx.Module, target_modules: str | Sequence[str]) -> list[str]:
     chosen = {p for p in paths if any(_matches(t, p) for t in targets)}
     unknown = [t for t in targets if not any(_matches(t, p) for p in paths)]
     if unknown:  # Hugging Face module names (PEFT's target_modules for this architecture)
-
         modules = hf_names.hf_modules(model) if hf_names.architecture(model) else {}
         for t in list(unknown):
             hit = {p for n, m in modules.items() if hf_names.peft_matches(t, n) for p, _ in m.parts}

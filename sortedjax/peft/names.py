@@ -40,7 +40,8 @@ class Module:
         return len(self.parts) > 1
 
 
-def _descriptor(model):
+def descriptor(model):
+    """The model's :class:`~sortedjax.protocol.HFDescriptor` (None: a model without HF names)."""
     describe = getattr(model, "hf_descriptor", None)
     return describe() if callable(describe) else None
 
@@ -48,13 +49,13 @@ def _descriptor(model):
 def architecture(model) -> str | None:
     """``"llama"``, ``"bert"``, ``"roberta"``, ``"gpt2"`` or None (a model without HF names): the
     model class's :class:`~sortedjax.protocol.HFDescriptor`."""
-    d = _descriptor(model)
+    d = descriptor(model)
     return None if d is None else d.architecture
 
 
 def head_names(model) -> dict[str, str]:
     """Our top-level Linear (outside the layer stack) -> its HF module name."""
-    d = _descriptor(model)
+    d = descriptor(model)
     return {} if d is None else dict(d.heads)
 
 
@@ -84,7 +85,7 @@ def hf_modules(model) -> dict[str, Module]:
                     parts.insert(c, str(i))
                 out[".".join(parts)] = Module(".".join(parts), ((dotted(p), tuple(idx)),))
         return out
-    desc = _descriptor(model)
+    desc = descriptor(model)
     prefix, heads = desc.layer_prefix, dict(desc.heads)
     for ours, name in heads.items():
         out[name] = Module(name, ((ours, ()),))
