@@ -340,3 +340,38 @@ def test_export_refuses_adapter_names_the_checkpoint_lacks(tmp_path, monkeypatch
     with pytest.raises(ValueError, match=r"adapter keys \['base_model.model.bert.encoder.layer.0.attention.self"):
         lora.save_peft(model, tmp_path / "adapter", modules_to_save=False)
     assert not (tmp_path / "adapter").exists()
+
+
+def test_a_fresh_head_left_frozen_by_the_dylora_recipe_is_named(tmp_path):
+    import warnings as w
+
+    from sortedjax import train as sj_train
+    from sortedjax.methods import dylora
+
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(
+        vocab_size=97, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=37,
+        max_position_embeddings=40,
+    )  # fmt: skip
+    transformers.BertModel(cfg).eval().save_pretrained(tmp_path / "base")
+    with pytest.warns(UserWarning, match="newly initialised"):
+        model = encoder.from_pretrained(str(tmp_path / "base"), num_labels=2)
+    assert model.fresh_modules == ("classifier",)  # BertModel holds the pooler, not the classifier
+    lora.apply_dylora(model, ["query"], r=2, alpha=2.0)
+    tokens, mask, _ = batch(0, 1)
+    data = sj_train.ArrayBatches({"x": tokens, "m": mask, "y": np.array([0, 1, 0])}, 3)
+
+    def loss_fn(m, b, key):
+        logits = m(b["x"], attention_mask=b["m"])
+        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), b["y"][:, None], -1)), {}
+
+    run = dict(steps=1, log_every=1, checkpoint_every=1, progress=False)
+    with pytest.warns(UserWarning, match=r"\['classifier'\] were newly initialised .* leaves them frozen"):
+        sj_train.train(model, loss_fn, data, sj_train.TrainConfig(workdir=str(tmp_path / "a"), **run),
+                       trainable=lora.LoRAParam)  # fmt: skip
+    before = np.asarray(model.classifier.kernel[...])
+    with w.catch_warnings():
+        w.simplefilter("error", UserWarning)
+        res = sj_train.train(model, loss_fn, data, sj_train.TrainConfig(workdir=str(tmp_path / "b"), **run),
+                             trainable=dylora.trainable(nnx.PathContains("classifier")))  # fmt: skip
+    assert not np.allclose(np.asarray(res.model.classifier.kernel[...]), before)

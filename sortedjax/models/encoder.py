@@ -314,7 +314,11 @@ def from_pretrained(path_or_id: str, dtype: str = "float32", mesh=None, **overri
     if "num_labels" in overrides:  # a new task: a classifier of another size starts fresh
         fresh = tuple(n for n in head[2:] if n in sd and sd[n].shape[0] != cfg.num_labels)
     params = hf.load_params(sd, entries, np.dtype(cfg.jnp_dtype), optional=head, fresh=fresh)
-    return hf.place(lambda: Encoder(cfg, rngs=nnx.Rngs(0)), params, mesh)
+    model = hf.place(lambda: Encoder(cfg, rngs=nnx.Rngs(0)), params, mesh)
+    new = [n for n in head if n in fresh or n not in sd]
+    # our head modules that start fresh: sortedjax.train.train warns when they would stay frozen
+    model.fresh_modules = tuple(p[0][0] for p, n, _, _ in entries[-4:] if n in new and p[0][-1] == "kernel")
+    return model
 
 
 def save_pretrained(model: Encoder, out_dir, sub: SubModel | None = None) -> None:

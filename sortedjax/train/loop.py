@@ -34,6 +34,7 @@ import dataclasses
 import json
 import logging
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -190,8 +191,9 @@ def _run_steps(jstep, carry: _Carry, data, cfg: TrainConfig, mesh, mngr, metrics
             batch = shd.host_batch(data, step, mesh)  # several processes: each builds only its rows
             key = jax.random.fold_in(base_key, step)
             with shd.use_mesh(mesh):  # activation sharding constraints read the mesh while tracing
-                step, (carry.params, carry.opt_state, carry.state, m) = step + 1, jstep(
-                    carry.params, carry.opt_state, carry.state, carry.rest, batch, key
+                step, (carry.params, carry.opt_state, carry.state, m) = (
+                    step + 1,
+                    jstep(carry.params, carry.opt_state, carry.state, carry.rest, batch, key),
                 )
             metrics.bar.update(1)
             if pending is not None:
@@ -216,6 +218,22 @@ def _run_steps(jstep, carry: _Carry, data, cfg: TrainConfig, mesh, mngr, metrics
 
 
 # --------------------------------------------------------------------------------- train
+
+
+def warn_frozen_fresh(model, params) -> None:
+    """Warn when modules the model's loader initialised fresh (``model.fresh_modules``, e.g. a task
+    head missing from a base checkpoint) get no gradient: with ``trainable=LoRAParam`` they would
+    stay random however long the run."""
+    fresh = getattr(model, "fresh_modules", ())
+    trained = {path[0] for path, _ in nnx.to_flat_state(params)} if fresh else set()
+    frozen = [m for m in fresh if m not in trained]
+    if frozen:
+        warnings.warn(
+            f"{frozen} were newly initialised (not in the checkpoint) but the trainable filter leaves them frozen, "
+            f"so they stay random; train them too, e.g. trainable=sortedjax.methods.dylora.trainable("
+            f"nnx.Any(*(nnx.PathContains(m) for m in {frozen})))",
+            stacklevel=3,
+        )
 
 
 def train(
@@ -265,6 +283,7 @@ def train(
     allow_changes = (allow_changes,) if isinstance(allow_changes, str) else tuple(allow_changes)
     os.makedirs(cfg.workdir, exist_ok=True)
     graphdef, params, state, rest = split_model(model, trainable)
+    warn_frozen_fresh(model, params)
     tx = make_optimizer(cfg)
     jstep, shardings = jit_train_step(
         graphdef, loss_fn, tx, params, state, rest, mesh=mesh, grad_accum=cfg.grad_accum,
