@@ -25,3 +25,12 @@ def along(mask: jax.Array, ndim: int, axis: int) -> jax.Array:
     shape = [1] * ndim
     shape[axis] = mask.shape[0]
     return mask.reshape(shape)
+
+
+def trailing(a: jax.Array, ndim: int) -> jax.Array:
+    """Prepend unit axes to ``a`` so it broadcasts against the last axes of an ``ndim``-D array.
+
+    The explicit form of NumPy's rank promotion (the tests make implicit promotion an error).
+    """
+    a = jnp.asarray(a)
+    return a.reshape((1,) * (ndim - a.ndim) + a.shape)

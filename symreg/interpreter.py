@@ -296,7 +296,7 @@ def _evaluate_bwd(res, g):
     xs = (jnp.arange(P), prog["a"], prog["b"], dx_PxN, dy_PxN, dbad_PxN)
     adj, _ = jax.lax.scan(body, adj, xs, reverse=True, unroll=UNROLL)
     K = consts_K.shape[0]
-    is_c_MxK = (prog["leaf_kind"] == LEAF_CONST)[:, None] & (prog["leaf_idx"][:, None] == jnp.arange(K))
+    is_c_MxK = (prog["leaf_kind"] == LEAF_CONST)[:, None] & (prog["leaf_idx"][:, None] == jnp.arange(K)[None, :])
     g_c = is_c_MxK.astype(adj.dtype).T @ jnp.sum(adj[:M], axis=1)
     zeros = jax.tree.map(
         lambda z: np.zeros(z.shape, jax.dtypes.float0) if jnp.issubdtype(z.dtype, jnp.integer) else jnp.zeros_like(z),

@@ -118,7 +118,8 @@ class TNet(nnx.Module):
         valid = mask_BxN.astype(bool)
         x = jnp.where(valid[..., None], x, 0.0)
         mean_BxF, std_BxF = masked_stats(x, valid)
-        h = (x - mean_BxF[:, None]) / std_BxF[:, None] * self.norm_scale[...] + self.norm_bias[...]
+        scale, bias = self.norm_scale[...][None, None], self.norm_bias[...][None, None]
+        h = (x - mean_BxF[:, None]) / std_BxF[:, None] * scale + bias
         for linear, norm in zip(self.stages, self.norms):
             h = jax.nn.relu(norm(linear(h)))
         pooled_BxH = jnp.max(jnp.where(valid[..., None], h, -jnp.inf), axis=1)

@@ -14,3 +14,5 @@ import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
 jax.config.update("jax_default_matmul_precision", "highest")
+# implicit rank promotion hides shape bugs, so library code broadcasts explicitly
+jax.config.update("jax_numpy_rank_promotion", "raise")

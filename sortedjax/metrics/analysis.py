@@ -51,9 +51,9 @@ def hidden_cosine(model, tokens_BxL, exits: Sequence[int], attention_mask=None) 
     unit = h_E / jnp.maximum(jnp.linalg.norm(h_E, axis=-1, keepdims=True), 1e-6)
     w_BxL = _weights(attention_mask, tokens_BxL.shape)
     cos_ExBxL = jnp.sum(unit * unit[-1][None], axis=-1)
-    per_pos = jnp.sum(cos_ExBxL * w_BxL, 1) / jnp.maximum(jnp.sum(w_BxL, 0), 1.0)
+    per_pos = jnp.sum(cos_ExBxL * w_BxL[None], 1) / jnp.maximum(jnp.sum(w_BxL, 0), 1.0)[None]
     pair = jnp.einsum("ebld,fbld->efbl", unit, unit)
-    mat = jnp.sum(pair * w_BxL, (2, 3)) / jnp.maximum(jnp.sum(w_BxL), 1.0)
+    mat = jnp.sum(pair * w_BxL[None, None], (2, 3)) / jnp.maximum(jnp.sum(w_BxL), 1.0)
     return np.asarray(per_pos), np.asarray(mat)
 
 

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sortedjax import nn
+from sortedjax.masks import trailing
 from sortedjax.submodel import SubModel, check_sizes
 
 ACTIVATIONS = ("relu", "gelu", "tanh")
@@ -55,7 +56,7 @@ class Block(nnx.Module):
 
     def __call__(self, h, *, width=None, mask=None, rank=None):
         h = nn.ACTIVATIONS[self.act](self.dense(h, out_size=width, rank=rank))
-        return h if mask is None else h * mask
+        return h if mask is None else h * trailing(mask, h.ndim)
 
 
 class SortedMLP(nnx.Module):
@@ -77,7 +78,7 @@ class SortedMLP(nnx.Module):
         act = nn.ACTIVATIONS[self.cfg.activation]
         mask = None if hidden_mask is None else jnp.asarray(hidden_mask, x_BxD.dtype)
         h = act(self.inp(x_BxD, out_size=sub.width, rank=sub.rank))
-        h = h if mask is None else h * mask
+        h = h if mask is None else h * trailing(mask, h.ndim)
         if self.blocks is not None:
             h = self.blocks(h, depth=sub.depth, width=sub.width, mask=mask, rank=sub.rank).hidden
         return self.out(h, rank=sub.rank)

@@ -19,6 +19,7 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
+from sortedjax.masks import trailing
 from sortedjax.nn.linear import Linear
 
 ROPE_TYPES = ("default", "llama3")
@@ -60,7 +61,8 @@ class RoPE:
 
     def tables(self, positions_BxT, dtype):
         """``cos, sin`` of shape ``B x T x 1 x head_dim``."""
-        freqs = jnp.asarray(positions_BxT)[..., None].astype(jnp.float32) * jnp.asarray(self.inv_freq())
+        pos = jnp.asarray(positions_BxT)[..., None].astype(jnp.float32)
+        freqs = pos * trailing(jnp.asarray(self.inv_freq()), pos.ndim)
         emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]
         return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
 
@@ -106,7 +108,7 @@ class KVCache:
             v = lax.dynamic_update_slice(self.v, v_BxTxGxK[None].astype(self.v.dtype), at)
         else:
             B, T = k_BxTxGxK.shape[:2]
-            rows, slots = jnp.arange(B)[:, None], start[:, None] + jnp.arange(T)
+            rows, slots = jnp.arange(B)[:, None], start[:, None] + jnp.arange(T)[None, :]
             k = self.k.at[layer, rows, slots].set(k_BxTxGxK.astype(self.k.dtype), mode="drop")
             v = self.v.at[layer, rows, slots].set(v_BxTxGxK.astype(self.v.dtype), mode="drop")
         return dataclasses.replace(self, k=k, v=v), k[layer], v[layer]
@@ -114,9 +116,10 @@ class KVCache:
     def attention_mask(self, start, length: int):
         """``B x T x S``: query ``t`` (at slot ``start + t``; ``start`` scalar or per row ``B``) sees
         valid slots up to its own."""
-        q_slot = jnp.asarray(start)[..., None] + jnp.arange(length)  # T or B x T
+        start = jnp.asarray(start)
+        q_slot = start[..., None] + trailing(jnp.arange(length), start.ndim + 1)  # T or B x T
         q_slot = q_slot[None] if q_slot.ndim == 1 else q_slot
-        return (jnp.arange(self.length) <= q_slot[..., None]) & self.valid[:, None, :]
+        return (jnp.arange(self.length)[None, None, :] <= q_slot[..., None]) & self.valid[:, None, :]
 
 
 class Attention(nnx.Module):

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sortedjax.masks import prefix_mask
+from sortedjax.masks import prefix_mask, trailing
 from sortedjax.sharding import param
 
 
@@ -48,7 +48,7 @@ class Conv(nnx.Module):
     def __call__(self, x_BxHxWxC, *, in_size=None, out_size=None):
         x = x_BxHxWxC
         if in_size is not None:
-            x = x * prefix_mask(self.in_features, in_size, x.dtype)
+            x = x * trailing(prefix_mask(self.in_features, in_size, x.dtype), x.ndim)
         y = jax.lax.conv_general_dilated(
             x,
             self.kernel[...].astype(x.dtype),
@@ -58,7 +58,7 @@ class Conv(nnx.Module):
             feature_group_count=self.groups,
         )
         if self.bias is not None:
-            y = y + self.bias[...].astype(y.dtype)
+            y = y + trailing(self.bias[...].astype(y.dtype), y.ndim)
         if out_size is not None:
-            y = y * prefix_mask(self.out_features, out_size, y.dtype)
+            y = y * trailing(prefix_mask(self.out_features, out_size, y.dtype), y.ndim)
         return y

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sortedjax.masks import along, prefix_mask
+from sortedjax.masks import along, prefix_mask, trailing
 from sortedjax.sharding import param
 
 
@@ -74,7 +74,7 @@ class Linear(nnx.Module):
         ins, outs = "ijkl"[:n_in], "mnop"[:n_out]
         y = jnp.einsum(f"{lead}{ins},{ins}{outs}->{lead}{outs}", x, self.kernel[...].astype(x.dtype))
         if self.bias is not None:
-            y = y + self.bias[...].astype(y.dtype)
+            y = y + trailing(self.bias[...].astype(y.dtype), y.ndim)
         if self.lora is not None:
             y = y + self.lora(x.reshape(x.shape[: x.ndim - n_in] + (-1,)), rank).reshape(y.shape)
         if out_size is not None:
@@ -102,7 +102,7 @@ class Embed(nnx.Module):
 
     def __call__(self, ids, *, size=None):
         x = jnp.take(self.embedding[...], ids, axis=0)
-        return x if size is None else x * prefix_mask(self.features, size, x.dtype)
+        return x if size is None else x * trailing(prefix_mask(self.features, size, x.dtype), x.ndim)
 
     def attend(self, x):
         """Logits against the embedding matrix (a tied output head)."""

@@ -18,7 +18,7 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
-from sortedjax.masks import prefix_mask
+from sortedjax.masks import prefix_mask, trailing
 from sortedjax.nn.linear import Linear
 
 DROPOUT_STREAM = "lora_dropout"
@@ -125,14 +125,16 @@ class LoRA(nnx.Module):
         if self.rng is not None and not self.deterministic:
             keep = jax.random.bernoulli(self.rng(), 1.0 - self.dropout, x_flat.shape)
             x_flat = jnp.where(keep, x_flat / (1.0 - self.dropout), jnp.zeros_like(x_flat))
-        h = jnp.einsum("...i,ri->...r", x_flat, down.astype(x_flat.dtype)) * prefix_mask(self.r_max, b, x_flat.dtype)
+        h = jnp.einsum("...i,ri->...r", x_flat, down.astype(x_flat.dtype))
+        h = h * trailing(prefix_mask(self.r_max, b, x_flat.dtype), h.ndim)
         scale = self.alpha / jnp.asarray(b, x_flat.dtype)
         return scale * jnp.einsum("...r,or->...o", h, up.astype(x_flat.dtype))
 
     def delta(self, rank=None) -> jax.Array:
         """``alpha/b * (W_up[:, :b] W_dw[:b])^T``: ``batch_shape x in x out`` (float32)."""
         b = self.rank_or_max(rank)
-        up = self.up[...] * prefix_mask(self.r_max, b, jnp.float32)
+        up = self.up[...]
+        up = up * trailing(prefix_mask(self.r_max, b, jnp.float32), up.ndim)
         return (self.alpha / jnp.asarray(b, jnp.float32)) * jnp.einsum("...or,...ri->...io", up, self.down[...])
 
 

@@ -23,14 +23,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sortedjax.masks import prefix_mask
+from sortedjax.masks import prefix_mask, trailing
 from sortedjax.sharding import param
 
 BN_MODES = ("shared", "private")
 
 
 def _masked_mean(x, m, k):
-    return jnp.sum(x * m, axis=-1, keepdims=True) / k
+    return jnp.sum(x * trailing(m, x.ndim), axis=-1, keepdims=True) / k
 
 
 def _kept(features: int, size, dtype):
@@ -60,10 +60,10 @@ class LayerNorm(nnx.Module):
         m, k = _kept(self.features, size, jnp.float32)
         mean = _masked_mean(xf, m, k)
         var = _masked_mean(jnp.square(xf - mean), m, k)
-        y = (xf - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...]
+        y = (xf - mean) * jax.lax.rsqrt(var + self.eps) * trailing(self.scale[...], x.ndim)
         if self.bias is not None:
-            y = y + self.bias[...]
-        return (y * m).astype(x.dtype)
+            y = y + trailing(self.bias[...], x.ndim)
+        return (y * trailing(m, x.ndim)).astype(x.dtype)
 
 
 def rms_normalize(x, eps: float, m=None, k=None):
@@ -84,10 +84,11 @@ class RMSNorm(nnx.Module):
         self.scale = param(jnp.ones((features,), dtype), names)
 
     def __call__(self, x, *, size=None):
+        scale = trailing(self.scale[...], x.ndim)
         if size is None:
-            return self.scale[...] * rms_normalize(x, self.eps)
+            return scale * rms_normalize(x, self.eps)
         m, k = _kept(self.features, size, jnp.float32)
-        return self.scale[...] * rms_normalize(x, self.eps, m, k) * m.astype(x.dtype)
+        return scale * rms_normalize(x, self.eps, m, k) * trailing(m.astype(x.dtype), x.ndim)
 
 
 class BatchNorm(nnx.Module):
@@ -148,7 +149,7 @@ class BatchNorm(nnx.Module):
             mean, var = pick(self.mean[...]), pick(self.var[...])
         else:
             mean = jnp.mean(xf, axes)
-            var = jnp.mean(jnp.square(xf - mean), axes)
+            var = jnp.mean(jnp.square(xf - trailing(mean, x.ndim)), axes)
             count = pick(self.count[...])
             w = jnp.where(self.cumulative, 1.0 / (count + 1.0), 1.0 - self.momentum)
             new_mean = pick(self.mean[...]) * (1 - w) + mean * w
@@ -159,8 +160,10 @@ class BatchNorm(nnx.Module):
                 self.mean[...] = self.mean[...].at[i].set(new_mean)
                 self.var[...] = self.var[...].at[i].set(new_var)
                 self.count[...] = self.count[...].at[i].set(count + 1)
-        y = (xf - mean) * jax.lax.rsqrt(var + self.eps) * pick(self.scale[...]) + pick(self.bias[...])
-        return (y * prefix_mask(self.features, size, jnp.float32)).astype(x.dtype)
+        scale, bias = pick(self.scale[...]), pick(self.bias[...])
+        mean, var, scale, bias = (trailing(v, x.ndim) for v in (mean, var, scale, bias))
+        y = (xf - mean) * jax.lax.rsqrt(var + self.eps) * scale + bias
+        return (y * trailing(prefix_mask(self.features, size, jnp.float32), x.ndim)).astype(x.dtype)
 
 
 class InstanceNorm(nnx.Module):
@@ -179,8 +182,9 @@ class InstanceNorm(nnx.Module):
         axes = tuple(range(1, x.ndim - 1))
         mean = jnp.mean(xf, axes, keepdims=True)
         var = jnp.mean(jnp.square(xf - mean), axes, keepdims=True)
-        y = (xf - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...] + self.bias[...]
-        return (y * prefix_mask(self.features, size, jnp.float32)).astype(x.dtype)
+        scale, bias = trailing(self.scale[...], x.ndim), trailing(self.bias[...], x.ndim)
+        y = (xf - mean) * jax.lax.rsqrt(var + self.eps) * scale + bias
+        return (y * trailing(prefix_mask(self.features, size, jnp.float32), x.ndim)).astype(x.dtype)
 
 
 def recalibrate(model: nnx.Module, forward: Callable[[nnx.Module, object], object], batches: Iterable) -> nnx.Module:
