@@ -65,7 +65,6 @@ class ExportConfig:
 
 
 def export(cfg: ExportConfig) -> str:
-
     if not os.path.exists(os.path.join(cfg.source, "config.json")):
         have = (
             sorted(

@@ -96,7 +96,6 @@ class SortedGlueExperiment:
     )
 
     def __post_init__(self):
-
         if not self.tasks:
             raise ValueError("tasks must name at least one task")
         for t in self.tasks:
@@ -119,7 +118,6 @@ def parse_args(argv=None) -> SortedGlueExperiment:
 
 # -- pieces bert_in_bert shares ------------------------------------------------------------------
 def train_config(cfg, workdir: str, seed: int, desc: str, steps: int | None = None):
-
     steps = cfg.steps if steps is None else steps
     return TrainConfig.finetune(
         workdir=workdir, steps=steps, learning_rate=cfg.learning_rate, seed=seed, desc=desc, grad_accum=cfg.g_acc
@@ -176,7 +174,6 @@ def scores_by_depth(model, arrays, spec, depths, heads: dict | None = None) -> d
 
 
 def run_task(cfg: SortedGlueExperiment, base: str, tok, task: str, seed: int) -> dict:
-
     spec, train_arrays, eval_arrays = load_task(cfg, task, tok, seed)
     out = {}
     for method in ("standard", "sorted"):
@@ -282,7 +279,6 @@ def figure(cfg: SortedGlueExperiment, summary: dict, path: str) -> None:
 
 
 def run(cfg: SortedGlueExperiment) -> dict:
-
     os.makedirs(cfg.workdir, exist_ok=True)
     base = base_checkpoint(cfg)
     tok = hf.load_tokenizer(base)

@@ -62,6 +62,7 @@ def extract(model: nnx.Module, sub: SubModel | dict) -> nnx.Module:
     nnx.replace_by_pure_dict(target, params)
     return nnx.merge(graphdef, target, *rest)
 
+
 from sortedjax._callable import make_callable  # noqa: E402
 
 make_callable(__name__, extract)

@@ -2,6 +2,7 @@
 
 Imports are lazy so that ``python -m symreg.generate`` (and its worker processes) do not
 start JAX."""
+
 import importlib
 
 _LAZY = {
@@ -21,6 +22,5 @@ __all__ = sorted(_LAZY)
 
 def __getattr__(name):
     if name in _LAZY:
-
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'symreg' has no attribute {name!r}")

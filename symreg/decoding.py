@@ -162,7 +162,6 @@ class NeuralCandidateSource:
         """The source for the model saved in ``workdir`` (or ``workdir/model``) by training,
         with the sampling settings and sample count stored next to it unless overridden."""
 
-
         path = os.path.join(workdir, "model")
         path = path if os.path.exists(os.path.join(path, "config.json")) else workdir
         model, config = load_pretrained(path)

@@ -67,12 +67,16 @@ def test_lora_rank_equals_merged_and_sliced():
     for b in range(1, 6):
         got = layer(x, rank=b)
         np.testing.assert_allclose(got, lora.merge(holder, b).lin(x), atol=1e-6, rtol=1e-6)
-        dense = x @ layer.kernel[...] + layer.bias[...] + (2.0 / b) * (x @ a.down[...][:b].T @ a.up[...][:, :b].T)
+        dense = (
+            x @ layer.kernel[...] + layer.bias[...][None, :] + (2.0 / b) * (x @ a.down[...][:b].T @ a.up[...][:, :b].T)
+        )
         np.testing.assert_allclose(got, dense, atol=1e-6, rtol=1e-6)
     # fresh adapter (W_up = 0) is the base layer at every rank
     fresh = _One(nnx.Rngs(0))
     lora.apply_dylora(fresh, ["lin"], r=5, alpha=2.0)
-    np.testing.assert_allclose(fresh.lin(x, rank=3), x @ fresh.lin.kernel[...] + fresh.lin.bias[...], atol=1e-6)
+    np.testing.assert_allclose(
+        fresh.lin(x, rank=3), x @ fresh.lin.kernel[...] + fresh.lin.bias[...][None, :], atol=1e-6
+    )
 
 
 def test_lora_rank_out_of_range():

@@ -108,7 +108,7 @@ def test_mlp_hidden_and_embed_prefixes():
     small.gate.kernel[...], small.gate.bias[...] = big.gate.kernel[...][:4, :7], big.gate.bias[...][:7]
     small.up.kernel[...], small.up.bias[...] = big.up.kernel[...][:4, :7], big.up.bias[...][:7]
     small.down.kernel[...], small.down.bias[...] = big.down.kernel[...][:7, :4], big.down.bias[...][:4]
-    x = rand(5, (3, 6)) * (jnp.arange(6) < 4)  # the input beyond the kept width is zero
+    x = rand(5, (3, 6)) * (jnp.arange(6) < 4)[None, :]  # the input beyond the kept width is zero
     got = big(x, hidden=7, embed=4)
     np.testing.assert_allclose(got[:, :4], small(x[:, :4]), **TOL)
     assert not np.any(np.asarray(got[:, 4:]))
@@ -169,7 +169,7 @@ class Scale(nnx.Module):
         self.w = nnx.Param(jax.random.uniform(rngs.params(), (3,), minval=1.0, maxval=2.0))
 
     def __call__(self, h):
-        return h * self.w[...]
+        return h * self.w[...].reshape((1,) * (h.ndim - 1) + (-1,))
 
 
 class Record(nnx.Module):

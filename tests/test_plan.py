@@ -32,7 +32,11 @@ def _real_step(mesh):
     tok = rng.integers(0, 128, (16, 33)).astype(np.int32)
     batch = shd.shard_batch({"inputs": tok[:, :-1], "targets": tok[:, 1:], "mask": np.ones((16, 32), np.float32)}, mesh)
     jstep, sh = jit_train_step(graphdef, loss, tx, params, state, rest, mesh=mesh)  # as train() builds it
-    params, state, rest = jax.device_put(params, sh.params), jax.device_put(state, sh.state), jax.device_put(rest, sh.rest)
+    params, state, rest = (
+        jax.device_put(params, sh.params),
+        jax.device_put(state, sh.state),
+        jax.device_put(rest, sh.rest),
+    )
     opt = init_opt_state(tx, params, sh)
     args = (params, opt, state, rest, batch, jax.random.PRNGKey(0))
     with shd.use_mesh(mesh):

@@ -83,7 +83,7 @@ def test_decode_input_bias_and_hook(model):
     )
 
     def shift(i, h_in, h_out, scale_L):
-        return h_out + scale_L[i], scale_L
+        return h_out + scale_L[i][None, None, :], scale_L
 
     scale = jnp.asarray(rng.normal(size=(CFG.n_layers, CFG.embed)), jnp.float32)  # not uniform: LayerNorm drops that
     shifted, _ = model.decode(tokens, z, hook=shift, hook_state=scale)

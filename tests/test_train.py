@@ -4,8 +4,8 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 import optax
+import pytest
 from flax import nnx
 
 from sortedjax import nn, sharding
@@ -175,7 +175,9 @@ class _BNNet(nnx.Module):
     """Linear -> BatchNorm -> Linear, and an RNG stream the loss draws from (its state must not move)."""
 
     def __init__(self, rngs: nnx.Rngs):
-        self.dense = nnx.Linear(4, 8, use_bias=False, rngs=rngs)  # a bias before BN has gradient 0 (+ noise Adam amplifies)
+        self.dense = nnx.Linear(
+            4, 8, use_bias=False, rngs=rngs
+        )  # a bias before BN has gradient 0 (+ noise Adam amplifies)
         self.bn = nn.BatchNorm(8)
         self.head = nnx.Linear(8, 3, rngs=rngs)
         self.rngs = nnx.Rngs(noise=7)
@@ -225,7 +227,9 @@ def test_batchnorm_statistics_leave_train_as_a_hand_run_step_leaves_them(tmp_pat
         np.testing.assert_allclose(_params(res.model)[k], v, rtol=1e-5, atol=1e-6, err_msg=k)
     raw = lambda s: [np.asarray(jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x)
                      for x in jax.tree.leaves(s)]  # noqa: E731 # fmt: skip
-    assert all(np.array_equal(a, b) for a, b in zip(raw(nnx.state(res.model, nnx.RngState)), raw(rng_state), strict=True))
+    assert all(
+        np.array_equal(a, b) for a, b in zip(raw(nnx.state(res.model, nnx.RngState)), raw(rng_state), strict=True)
+    )
 
     # carried into checkpoints: 2 steps, then resumed to 4, equals 4 steps in one go
     four = train(_BNNet(nnx.Rngs(0)), _bn_loss, data, dataclasses.replace(cfg, workdir=str(tmp_path / "b"), steps=4))
@@ -235,7 +239,9 @@ def test_batchnorm_statistics_leave_train_as_a_hand_run_step_leaves_them(tmp_pat
         np.testing.assert_array_equal(_stats(more.model)[k], v, err_msg=k)
 
     # gradient accumulation: each micro-batch sees the statistics the previous one left
-    acc = train(_BNNet(nnx.Rngs(0)), _bn_loss, data, TrainConfig(workdir=str(tmp_path / "c"), steps=2, grad_accum=2, **kw))
+    acc = train(
+        _BNNet(nnx.Rngs(0)), _bn_loss, data, TrainConfig(workdir=str(tmp_path / "c"), steps=2, grad_accum=2, **kw)
+    )
     assert float(_stats(acc.model)["bn/count"]) == 4.0
 
 

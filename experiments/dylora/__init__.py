@@ -98,7 +98,6 @@ def load_nlu_data(cfg: DyLoRAExperiment, tok, seed: int):
 def run_nlu(cfg: DyLoRAExperiment) -> dict:
     from flax import nnx
 
-
     os.makedirs(cfg.workdir, exist_ok=True)
     base = cfg.model
     if base is None:
@@ -146,8 +145,6 @@ def run_nlu(cfg: DyLoRAExperiment) -> dict:
 def main(argv=None) -> None:
     cfg = parse_args(argv)
     if cfg.task == "nlg":
-
         dylora_nlg.run(cfg)
     else:
         run_nlu(cfg)
-

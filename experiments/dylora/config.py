@@ -59,7 +59,6 @@ class DyLoRAExperiment:
     max_new_tokens: int = flags.option(24, help="nlg: generated tokens per meaning representation (greedy)")
 
     def __post_init__(self):
-
         if self.task != "nlg":
             nlu.task_spec(self.task)  # unknown -> ValueError naming the allowed ones
         if not self.ranks or min(self.ranks) < 1:
@@ -86,7 +85,6 @@ class DyLoRAExperiment:
 
 
 def train_config(cfg: DyLoRAExperiment, workdir: str, seed: int, desc: str):
-
     return TrainConfig.finetune(workdir=workdir, steps=cfg.steps, learning_rate=cfg.learning_rate, seed=seed, desc=desc)
 
 

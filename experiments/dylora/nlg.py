@@ -43,7 +43,6 @@ def build_base(cfg, texts: list[str], mr_texts: list[str]) -> str:
     """``WORKDIR/base/hf``: a small GPT-2 LM-trained on ``texts`` with a word-level tokenizer."""
     from flax import nnx
 
-
     out = os.path.join(cfg.workdir, "base", "hf")
     if os.path.exists(os.path.join(out, "config.json")) and os.path.exists(os.path.join(out, "tokenizer.json")):
         return out
@@ -77,7 +76,6 @@ def build_base(cfg, texts: list[str], mr_texts: list[str]) -> str:
 
 
 def load_records(cfg):
-
     if cfg.nlg_data == "generated":
         return nlg_data.generated(min(cfg.n_train, 5000), min(cfg.n_eval, 200), seed=0)
     kind, _, source = cfg.nlg_data.partition(":")
@@ -110,7 +108,6 @@ def generate_at_rank(model, rank: int, tok, eval_records, max_new_tokens: int) -
 
 
 def run(cfg) -> dict:
-
     os.makedirs(cfg.workdir, exist_ok=True)
     train_recs, eval_recs = load_records(cfg)
     base = cfg.model or build_base(
@@ -164,7 +161,6 @@ def run(cfg) -> dict:
         texts.append(text.replace("Table 3.2", "Table 3.6"))
     print("\n" + "\n\n".join(texts), flush=True)
     with open(os.path.join(cfg.workdir, "results.json"), "w") as f:
-
         json.dump(results, f, indent=1, default=str)
     return results
 

@@ -93,4 +93,3 @@ def run(cfg: SoftExperiment) -> dict:
 
 def main(argv=None) -> None:
     run(parse_args(argv))
-

@@ -69,10 +69,8 @@ def setup(cfg: SoftExperiment) -> Context:
     """Mesh, examples, the base model (built or reused), its tokenizer, exits and batches."""
     t_start = time.time()
     if cfg.distributed:
-
         distributed.initialize()  # TPU pods: coordinator and process ids come from the environment
     import jax
-
 
     # make_mesh calls ensure_devices first: simulated CPU devices on a laptop.
     mesh = sharding.make_mesh(str(jax.device_count()) if cfg.mesh == "all" else cfg.mesh)
@@ -167,7 +165,6 @@ def build_base(cfg: SoftExperiment, mesh, task) -> str:
     """The offline base model: word tokenizer + LM training on generated text -> HF dir."""
     import jax
     from flax import nnx
-
 
     out = os.path.join(cfg.workdir, "base", "hf")
     if os.path.exists(os.path.join(out, "config.json")) and os.path.exists(os.path.join(out, "tokenizer.json")):
@@ -300,7 +297,6 @@ def eval_batches(ctx: Context) -> tuple[list[tuple[Any, Any]], int]:
     number of real prompts: the first ``n`` rows of the concatenated outputs."""
     import numpy as np
 
-
     cfg, tok, examples = ctx.cfg, ctx.tok, ctx.eval_ex
     plen = max(len(tok(e.prompt, add_special_tokens=False)["input_ids"]) + 1 for e in examples)
     ids, att = idata.encode_prompts(tok, examples, max_len=min(plen, cfg.max_len))
@@ -321,7 +317,6 @@ def decode_kwargs(ctx: Context) -> dict:
 def generate_at_exits(ctx: Context, model, exits) -> dict[int, list[str]]:
     """Greedy responses to every eval prompt at every exit."""
     import numpy as np
-
 
     batches, n = eval_batches(ctx)
     out = {}

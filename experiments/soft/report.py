@@ -26,7 +26,6 @@ def make_judge(cfg: SoftExperiment, mesh):
         return ev.ExactMatchJudge(), "exact_match, then ROUGE-L"
     import numpy as np
 
-
     jmodel = llama.from_pretrained(cfg.judge, dtype=cfg.dtype, mesh=mesh)
     jtok = hf.load_tokenizer(cfg.judge)
 
@@ -51,7 +50,6 @@ def pairwise(ctx: Context, outputs: dict[str, dict[int, list[str]]], depths) -> 
 
     Returns (the ``pairwise`` entry of ``results.json``, every system's outputs by ``method@exit``)."""
     import numpy as np
-
 
     with timed(ctx.times, "pairwise"):
         judge, judge_name = judge_of(ctx)
@@ -85,7 +83,6 @@ def analyse(cfg: SoftExperiment, models: dict, tok, examples, exits, figdir: str
     ``models``: ``{name: (model, exits that have their own head)}``. Runs on every process
     (the arrays span the pod); only ``write`` draws the PNGs."""
     import jax.numpy as jnp
-
 
     enc = idata.encode_sft(tok, examples[:32], max_len=cfg.max_len, max_response_len=cfg.max_response_len, warn=False)
     att = (enc.inputs != idata.pad_id_of(tok)).astype("int32")
@@ -137,7 +134,6 @@ def figures_and_analysis(ctx: Context, results: dict, trained: dict) -> dict:
 
     Returns the ``analysis`` and ``figures`` entries of ``results.json``."""
     import numpy as np
-
 
     cfg, exits = ctx.cfg, ctx.exits
     with timed(ctx.times, "analysis"):
@@ -198,7 +194,6 @@ def finish(ctx: Context, results: dict, systems: dict[str, list[str]]) -> dict:
             json.dump(results, f, indent=2)
         print(table(results))
         if "table_5_2" in results:
-
             print(soft_table52.format_table(results["table_5_2"], results.get("table_5_2_setup")))
         print(f"wrote {path} and {len(results['figures'])} figures in {ctx.times['total']:.0f}s")
     return results

@@ -62,4 +62,3 @@ def main(argv=None) -> dict:
                 json.dump(results, f, indent=1)
     print(f"wrote {os.path.join(cfg.workdir, 'results.json')}")
     return results
-

@@ -71,4 +71,6 @@ class Config:
 
 
 if __name__ == "__main__":
-    raise SystemExit("experiments.sortednet_vision.config is part of python -m experiments.sortednet_vision, not a command of its own")
+    raise SystemExit(
+        "experiments.sortednet_vision.config is part of python -m experiments.sortednet_vision, not a command of its own"
+    )

@@ -188,4 +188,6 @@ RUN = {"grid": run_grid, "subset": run_subset, "table42": run_table42, "gacc": r
 
 
 if __name__ == "__main__":
-    raise SystemExit("experiments.sortednet_vision.parts is part of python -m experiments.sortednet_vision, not a command of its own")
+    raise SystemExit(
+        "experiments.sortednet_vision.parts is part of python -m experiments.sortednet_vision, not a command of its own"
+    )

@@ -109,4 +109,6 @@ def print_time(out):
 
 
 if __name__ == "__main__":
-    raise SystemExit("experiments.sortednet_vision.report is part of python -m experiments.sortednet_vision, not a command of its own")
+    raise SystemExit(
+        "experiments.sortednet_vision.report is part of python -m experiments.sortednet_vision, not a command of its own"
+    )

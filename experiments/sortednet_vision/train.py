@@ -77,7 +77,9 @@ def fit(
     ``crop_flip`` (plus random horizontal flips), drawn per step from ``(seed, step)``."""
     if augment not in AUGMENTS:
         raise ValueError(f"augment must be one of {AUGMENTS}, got {augment!r}")
-    ticks = [time.perf_counter()]  # then one per step, as its metrics arrive (train fetches step t-1's after dispatching t)
+    ticks = [
+        time.perf_counter()
+    ]  # then one per step, as its metrics arrive (train fetches step t-1's after dispatching t)
     with tempfile.TemporaryDirectory(prefix="sortednet_vision_fit_") as workdir:
         cfg = TrainConfig(
             workdir=workdir, steps=steps, learning_rate=lr, schedule="cosine", optimizer="adam", seed=seed,
@@ -88,7 +90,9 @@ def fit(
             on_step=lambda step, row: ticks.append(time.perf_counter()),
         )  # fmt: skip
     times = np.diff(ticks)  # the first includes compilation
-    return FitResult(res.model, float(np.median(times[1:] if len(times) > 1 else times)), res.history[-1]["loss"], steps)
+    return FitResult(
+        res.model, float(np.median(times[1:] if len(times) > 1 else times)), res.history[-1]["loss"], steps
+    )
 
 
 _TRACES: dict = {}  # graphdef -> times the scoring program was traced (compilations)
@@ -150,4 +154,6 @@ class Evaluator:
 
 
 if __name__ == "__main__":
-    raise SystemExit("experiments.sortednet_vision.train is part of python -m experiments.sortednet_vision, not a command of its own")
+    raise SystemExit(
+        "experiments.sortednet_vision.train is part of python -m experiments.sortednet_vision, not a command of its own"
+    )

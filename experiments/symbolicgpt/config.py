@@ -150,4 +150,6 @@ QUICK = {
 
 
 if __name__ == "__main__":
-    raise SystemExit("experiments.symbolicgpt.config is part of python -m experiments.symbolicgpt, not a command of its own")
+    raise SystemExit(
+        "experiments.symbolicgpt.config is part of python -m experiments.symbolicgpt, not a command of its own"
+    )

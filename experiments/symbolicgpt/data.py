@@ -40,7 +40,6 @@ def model_dir(cfg: Config, conditional: bool = False) -> str:
 
 
 def ensure_dataset(cfg: Config, split: str, n: int, seed: int) -> list[dict]:
-
     s = train_setting(cfg.current)
     path = os.path.join(root_dir(cfg), s, "data", f"{s}-{split}-{n}-{seed}")
     if not os.path.exists(os.path.join(path, "manifest.json")):
@@ -59,7 +58,6 @@ def ensure_dataset(cfg: Config, split: str, n: int, seed: int) -> list[dict]:
 
 def eval_on(expr, X: np.ndarray):
     import sympy
-
 
     local = {f"x{i}": s for i, s in enumerate(X_SYMBOLS, 1)}
     e = sympy.sympify(expr, locals=local) if isinstance(expr, str) else expr
@@ -123,7 +121,6 @@ def general2_test_set(cfg: Config, n: int) -> list[dict]:
     not finite or exceed |y| > 1e4 on either set are skipped, as the generator drops them."""
     import sympy
 
-
     rng = np.random.default_rng(cfg.seed + 23)
     gen = GeneratorConfig()
     eqs = [e for e in load_benchmark_equations() if e.n_vars <= cfg.max_vars]
@@ -162,7 +159,6 @@ def general2_test_set(cfg: Config, n: int) -> list[dict]:
 
 
 def benchmark_test_set(cfg: Config, family: str) -> list[dict]:
-
     out = []
     for eq in load_benchmark_equations():
         if eq.name.lower().startswith(family) and eq.n_vars <= cfg.max_vars:
@@ -183,4 +179,6 @@ def benchmark_test_set(cfg: Config, family: str) -> list[dict]:
 
 
 if __name__ == "__main__":
-    raise SystemExit("experiments.symbolicgpt.data is part of python -m experiments.symbolicgpt, not a command of its own")
+    raise SystemExit(
+        "experiments.symbolicgpt.data is part of python -m experiments.symbolicgpt, not a command of its own"
+    )

@@ -36,7 +36,6 @@ from symreg.tokenizer import SkeletonTokenizer
 
 
 def thesis_fit_config():
-
     return fit.FitConfig.thesis()
 
 
@@ -52,7 +51,6 @@ def symbolicgpt_method(cfg: Config, model, *, protocol: str = "ours", n_samples=
         model, SkeletonTokenizer(), n_samples=n, sampling=sampling, max_points=cfg.max_points, seed=cfg.seed
     )
     if control is not None:
-
         source = ControlledSource(source, None if isinstance(control, str) else control)
     if protocol == "thesis":
         tcfg = thesis_fit_config()
@@ -83,7 +81,6 @@ def make_method(name: str, cfg: Config, model=None):
 
 
 def run_one(method, problem: dict) -> dict:
-
     t0 = time.perf_counter()
     try:
         method.fit(problem["X"], problem["y"])
@@ -168,7 +165,6 @@ def evaluate(cfg: Config, model=None, c_model=None) -> dict:
     ``records.jsonl``, ``results.json``, ``details.json`` and the figures in ``cfg.workdir``."""
     from tqdm.auto import tqdm
 
-
     needs_model = "symbolicgpt" in cfg.methods
     if model is None and needs_model:
         model, _ = load_pretrained(data.model_dir(cfg))
@@ -191,7 +187,6 @@ def evaluate(cfg: Config, model=None, c_model=None) -> dict:
             for p in tqdm(problems, desc=f"eval {cfg.current}/{ts}", disable=not cfg.progress):
                 for m in names:
                     if m == "c-symbolicgpt":
-
                         method = symbolicgpt_method(cfg, c_model, control=control_vector(p["skeleton"]))
                     elif m == "c-symbolicgpt-neutral":
                         method = symbolicgpt_method(cfg, c_model, control="neutral")
@@ -213,4 +208,6 @@ def evaluate(cfg: Config, model=None, c_model=None) -> dict:
 
 
 if __name__ == "__main__":
-    raise SystemExit("experiments.symbolicgpt.evaluate is part of python -m experiments.symbolicgpt, not a command of its own")
+    raise SystemExit(
+        "experiments.symbolicgpt.evaluate is part of python -m experiments.symbolicgpt, not a command of its own"
+    )

@@ -184,4 +184,6 @@ def print_summary(cfg: Config, results: dict) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit("experiments.symbolicgpt.report is part of python -m experiments.symbolicgpt, not a command of its own")
+    raise SystemExit(
+        "experiments.symbolicgpt.report is part of python -m experiments.symbolicgpt, not a command of its own"
+    )

@@ -32,7 +32,9 @@ def build_tokenizer(texts: Iterable[str], extra_words: Iterable[str] = (), *, st
     trainer = trainers.WordLevelTrainer(special_tokens=list(specials), min_frequency=1 if style == "causal" else 0)
     tok.train_from_iterator([*extra_words, *texts], trainer=trainer)
     if style == "causal":
-        return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token=unk)
+        return PreTrainedTokenizerFast(
+            tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token=unk
+        )
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",

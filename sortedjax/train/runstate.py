@@ -33,8 +33,6 @@ from sortedjax.train.config import TrainConfig
 log = logging.getLogger("sortedjax.train")
 
 
-
-
 # ---------------------------------------------------------------------------- console noise
 
 # orbax/absl WARNING lines that report something orbax handles itself. Errors are never dropped.

@@ -165,6 +165,4 @@ def task_spec(name: str) -> TaskSpec:
         return GLUE[name]
     if name in TASKS:
         return TASKS[name].spec
-    raise ValueError(
-        f"unknown task {name!r}; allowed: GLUE configs {tuple(GLUE)} or generated {tuple(TASKS)}"
-    )
+    raise ValueError(f"unknown task {name!r}; allowed: GLUE configs {tuple(GLUE)} or generated {tuple(TASKS)}")
