@@ -280,12 +280,12 @@ def test_sorted_mlp_adapters_equal_merged_and_formula():
         return w + (2.0 / 4) * (u @ d).T, bias
 
     w, bias = dense(model.inp)
-    h = jax.nn.relu(x @ w + bias)
+    h = jax.nn.relu(x @ w + bias[None, :])
     for i in range(2):
         w, bias = dense(model.blocks.layers.dense, i)
-        h = jax.nn.relu(h @ w + bias)
+        h = jax.nn.relu(h @ w + bias[None, :])
     w, bias = dense(model.out)
-    want = h @ w + bias
+    want = h @ w + bias[None, :]
     np.testing.assert_allclose(model(x), want, atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(lora.merge(model)(x), want, atol=1e-5, rtol=1e-5)
     for b in (1, 2):  # the model passes sub.rank to every Linear
