@@ -291,7 +291,9 @@ def test_sorted_mlp_adapters_equal_merged_and_formula():
     for b in (1, 2):  # the model passes sub.rank to every Linear
         lin = model.inp
         want_b = (
-            x @ lin.kernel[...] + lin.bias[...] + (2.0 / b) * (x @ lin.lora.down[...][:b].T @ lin.lora.up[...][:, :b].T)
+            x @ lin.kernel[...]
+            + lin.bias[...][None, :]
+            + (2.0 / b) * (x @ lin.lora.down[...][:b].T @ lin.lora.up[...][:, :b].T)
         )
         np.testing.assert_allclose(lin(x, rank=b), want_b, atol=1e-5, rtol=1e-5)
         np.testing.assert_allclose(lora.merge(model, b).inp(x), want_b, atol=1e-5, rtol=1e-5)
