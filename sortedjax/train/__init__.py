@@ -1,7 +1,7 @@
 """Training: the functional loop (:mod:`~sortedjax.train.loop`), its jitted step
 (:mod:`~sortedjax.train.step`), its configuration (:mod:`~sortedjax.train.config`), in-memory
-batches (:mod:`~sortedjax.train.batches`) and the recorded run state
-(:mod:`~sortedjax.train.runstate`).
+batches (:mod:`~sortedjax.train.batches`), the recorded run state
+(:mod:`~sortedjax.train.runstate`) and the workdir lock (:mod:`~sortedjax.train.lock`).
 
 ``sortedjax.train(model, loss_fn, data, cfg)`` is :func:`sortedjax.train.loop.train`: this package
 is callable, so ``sj.train(...)`` and ``sj.train.TrainConfig`` both read naturally.
@@ -10,8 +10,9 @@ is callable, so ``sj.train(...)`` and ``sj.train.TrainConfig`` both read natural
 from sortedjax._callable import make_callable
 from sortedjax.train.batches import ArrayBatches, array_fingerprint
 from sortedjax.train.config import OPTIMIZERS, SCHEDULES, TrainConfig, float32_state, make_optimizer, make_schedule
+from sortedjax.train.lock import WorkdirLocked
 from sortedjax.train.loop import TrainResult, train
-from sortedjax.train.runstate import CheckpointError
+from sortedjax.train.runstate import CheckpointError, Preempted
 from sortedjax.train.step import LossFn, jit_train_step, make_train_step
 
 __all__ = [
@@ -20,8 +21,10 @@ __all__ = [
     "ArrayBatches",
     "CheckpointError",
     "LossFn",
+    "Preempted",
     "TrainConfig",
     "TrainResult",
+    "WorkdirLocked",
     "array_fingerprint",
     "float32_state",
     "jit_train_step",

@@ -18,7 +18,14 @@
   uninterrupted one;
 * orbax checkpoints every ``checkpoint_every`` steps, at the end, and on ``KeyboardInterrupt``
   (nothing is lost); a run restarted in the same workdir resumes automatically, from the newest
-  checkpoint that restores (a damaged one is reported and moved to ``workdir/checkpoints_bad/``);
+  checkpoint that restores (a damaged one is reported and moved to ``workdir/checkpoints_bad/``;
+  an error that does not mean damage, such as running out of memory, is raised naming the step);
+* SIGTERM / SIGINT (a preempted VM, a Slurm job's end, Ctrl-C) finish the current step, save a
+  checkpoint there and raise :class:`Preempted` (a ``SystemExit`` with status 128 + signal); with
+  several processes all stop at one step agreed through JAX's preemption sync point;
+* one run per workdir: ``workdir/train.lock`` (host, pid, start time, :mod:`sortedjax.train.lock`)
+  makes a second run on it raise :class:`WorkdirLocked`; a lock left by a run that is gone is
+  taken over with a warning;
 * the run's configuration (TrainConfig, the caller's ``run_config``, the data's fingerprint, the
   state's shapes) is recorded in ``workdir/run_config.json``; resuming with a different one is
   refused with the differences listed, unless ``restart=True`` or ``allow_changes=(...)``;
@@ -50,7 +57,8 @@ import sortedjax.train.runstate as rs
 from sortedjax import sharding as shd
 from sortedjax.train.batches import ArrayBatches, array_fingerprint  # noqa: F401 - re-exported
 from sortedjax.train.config import OPTIMIZERS, SCHEDULES, TrainConfig, make_optimizer, make_schedule  # noqa: F401
-from sortedjax.train.runstate import CheckpointError  # noqa: F401 - re-exported
+from sortedjax.train.lock import WorkdirLocked, workdir_lock  # noqa: F401 - WorkdirLocked re-exported
+from sortedjax.train.runstate import CheckpointError, Preempted  # noqa: F401 - re-exported
 from sortedjax.train.step import (  # noqa: F401 - LossFn, make_train_step re-exported
     LossFn,
     init_opt_state,
@@ -181,8 +189,17 @@ class _Metrics:
                 self.on_step(step, row)
 
 
-def _run_steps(jstep, carry: _Carry, data, cfg: TrainConfig, mesh, mngr, metrics: _Metrics, start: int) -> int:
-    """Steps ``start..cfg.steps``, checkpointing on schedule, at the end and on KeyboardInterrupt."""
+def _preempted(watch: rs.PreemptionWatch, step: int, mngr) -> rs.Preempted:
+    """The checkpoint of ``step`` is saved: wait until it is committed and say so."""
+    mngr.wait_until_finished()
+    err = rs.Preempted(watch.signum, step, str(mngr.directory))
+    log.warning("%s", err)
+    return err
+
+
+def _run_steps(jstep, carry: _Carry, data, cfg: TrainConfig, mesh, mngr, metrics: _Metrics, start: int, watch) -> int:
+    """Steps ``start..cfg.steps``, checkpointing on schedule, at the end, on KeyboardInterrupt and
+    after the step a SIGTERM / SIGINT arrived in (then :class:`rs.Preempted` is raised)."""
     base_key = jax.random.PRNGKey(cfg.seed)
     pending: tuple[int, Any] | None = None
     step = start
@@ -199,14 +216,19 @@ def _run_steps(jstep, carry: _Carry, data, cfg: TrainConfig, mesh, mngr, metrics
             if pending is not None:
                 metrics.drain(pending)
             pending = (step, m)
-            if step % cfg.checkpoint_every == 0:
+            stop = watch.reached(step)
+            if stop or step % cfg.checkpoint_every == 0:
                 metrics.drain(pending)  # never checkpoint a NaN state
                 pending = None
                 _save(mngr, step, cfg, carry)
+            if stop:
+                raise _preempted(watch, step, mngr)
         if pending is not None:
             metrics.drain(pending)
             pending = None
         _save(mngr, step, cfg, carry)
+        if watch.signum is not None:  # the signal came during the last save
+            raise _preempted(watch, step, mngr)
     except KeyboardInterrupt:
         # Keep the finished steps: the carry is the state after `step` steps.
         log.warning("interrupted at step %d; saving a checkpoint to resume from", step)
@@ -277,7 +299,13 @@ def train(
 
     A damaged newest checkpoint (a crash or full disk while writing) is reported, moved to
     ``workdir/checkpoints_bad/`` and the run resumes from the newest one that restores; if none
-    does, a :class:`rs.CheckpointError` says what to delete.
+    does, a :class:`rs.CheckpointError` says what to delete. Any other restore error is raised
+    with a note naming the step, and the checkpoint stays.
+
+    Raises:
+      WorkdirLocked: another run holds ``cfg.workdir`` (its host, pid and start time are named).
+      Preempted: SIGTERM or SIGINT arrived; the step it arrived in was finished and checkpointed
+        (``err.step``); uncaught, the program exits with status 128 + signal and a rerun resumes.
     """
     rs.quiet_orbax()
     allow_changes = (allow_changes,) if isinstance(allow_changes, str) else tuple(allow_changes)
@@ -294,9 +322,18 @@ def train(
         state, rest = jax.device_put(state, shardings.state), jax.device_put(rest, shardings.rest)
     carry = _Carry(params, init_opt_state(tx, params, shardings), state, rest)
     record = rs.run_record(cfg, run_config, params, join_state(state, rest), data)
-    if restart:
-        rs.start_over(cfg.workdir)
-        rs.sync("sortedjax_train_restart")
+    with workdir_lock(cfg.workdir), rs.PreemptionWatch() as watch:
+        if restart:
+            rs.start_over(cfg.workdir)
+            rs.sync("sortedjax_train_restart")
+        step, resumed, history = _fit(jstep, carry, data, cfg, mesh, record, allow_changes, on_step, watch)
+    # fresh Variables: nothing shared with the caller's model
+    trained = nnx.merge(graphdef, carry.params, carry.state, *carry.rest, copy=True)
+    return TrainResult(model=trained, step=step, history=history, resumed_from=resumed)
+
+
+def _fit(jstep, carry: _Carry, data, cfg: TrainConfig, mesh, record: dict, allow_changes, on_step, watch):
+    """Resume from the workdir's checkpoints (if any) and run the steps: ``(step, resumed_from, history)``."""
     ckpt_dir = os.path.abspath(os.path.join(cfg.workdir, "checkpoints"))
     with rs.checkpoint_manager(ckpt_dir, cfg) as mngr:
         start, resumed = 0, None
@@ -310,9 +347,7 @@ def train(
             rs.write_json(os.path.join(cfg.workdir, rs.RUN_FILE), record)
         metrics = _Metrics(cfg, mngr, start, on_step)
         try:
-            step = _run_steps(jstep, carry, data, cfg, mesh, mngr, metrics, start)
+            step = _run_steps(jstep, carry, data, cfg, mesh, mngr, metrics, start, watch)
         finally:
             metrics.bar.close()
-    # fresh Variables: nothing shared with the caller's model
-    trained = nnx.merge(graphdef, carry.params, carry.state, *carry.rest, copy=True)
-    return TrainResult(model=trained, step=step, history=metrics.history, resumed_from=resumed)
+    return step, resumed, metrics.history

@@ -4,11 +4,15 @@
   (the computing :class:`TrainConfig` fields, the caller's ``run_config``, the data's
   fingerprint, the state's shapes); a resume with a different one is refused listing each
   difference, unless ``allow_changes`` names it; :func:`start_over` moves an old run aside.
-* :func:`restore_newest_valid`: restore walks the steps newest to oldest; a step that does not
-  restore is reported and moved to ``workdir/checkpoints_bad/`` (:func:`set_aside`);
-  :class:`CheckpointError` says what to delete when none restores.
+* :func:`restore_newest_valid`: restore walks the steps newest to oldest; a step whose files are
+  damaged (:func:`is_damage`: missing or truncated files, bad metadata, a tensorstore read error, a
+  shape or structure mismatch) is reported and moved to ``workdir/checkpoints_bad/``
+  (:func:`set_aside`); any other error (out of memory, an API error) is raised naming the step, and
+  the checkpoint stays; :class:`CheckpointError` says what to delete when none restores.
 * :func:`quiet_orbax` / :func:`quiet_failed_reads`: drop the known noise of orbax / tensorstore
   (temporary directories of a killed save, event-loop tracebacks of a failed read).
+* :class:`PreemptionWatch` / :class:`Preempted`: SIGTERM or SIGINT stop training after the current
+  step with a checkpoint there (all processes of a job at one step).
 """
 
 from __future__ import annotations
@@ -19,13 +23,17 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from sortedjax.distributed import is_main, sync  # noqa: F401 - the one is_main / sync, used as rs.is_main()
 from sortedjax.train.config import TrainConfig
@@ -245,19 +253,84 @@ def summary(e: BaseException) -> str:
     return f"{type(e).__name__}: {first[:240]}"
 
 
+# How orbax 0.12 / tensorstore report a damaged step (found by truncating, deleting and corrupting
+# each file of a saved step): a missing file or item directory (FileNotFoundError; KeyError
+# 'Item "state" was not found in the checkpoint'), bad JSON metadata (json.JSONDecodeError), a
+# tensorstore read or decode error (ValueError "OUT_OF_RANGE: ..." for a truncated chunk,
+# "FAILED_PRECONDITION: ..." for a corrupt zstd stream or invalid JSON, "DATA_LOSS: ..." for a
+# truncated OCDBT manifest, "NOT_FOUND: ..." for a missing one; array reads wrap these in a plain
+# Exception "Encountered error while reading array index" raised from the ValueError), and a stored
+# tree that does not fit the target (ValueError naming shapes or structures; a missing array
+# _METADATA reads back lists where the target has tuples). Anything else (an out-of-memory error,
+# tensorstore's RESOURCE_EXHAUSTED / UNAVAILABLE / PERMISSION_DENIED, a TypeError or AttributeError
+# of an API misuse, KeyboardInterrupt) says nothing about the files; so neither does, unrecognised,
+# an array _METADATA edited by hand into JSON of another shape (AttributeError): it is raised.
+_DAMAGE_STATUS = ("OUT_OF_RANGE:", "FAILED_PRECONDITION:", "DATA_LOSS:", "NOT_FOUND:")
+_DAMAGE_TEXT = (
+    "was not found in the checkpoint",  # KeyError: an item directory is missing
+    "is not compatible with the stored shape",
+    "tree structures do not match",
+    "Structure mismatch",
+    "pytree structure error",
+)
+
+
+class _BadStepMetadata(ValueError):
+    """The step's own metadata (``meta``) does not describe it."""
+
+
+def is_damage(e: BaseException) -> bool:
+    """Whether a restore error means the step's files are damaged (see the list above).
+
+    The chain of explicit causes is read as long as its exceptions are of the kinds orbax and
+    tensorstore use for damage (ValueError, KeyError, OSError, a plain Exception); any other type
+    (MemoryError, RuntimeError, TypeError, ...) means the error is not about the files."""
+    seen = 0
+    while e is not None and seen < 8:
+        if isinstance(e, (FileNotFoundError, json.JSONDecodeError, _BadStepMetadata)):
+            return True
+        if type(e) is not Exception and not isinstance(e, (ValueError, KeyError, OSError)):
+            return False
+        text = str(e.args[0]) if e.args else ""
+        if isinstance(e, (ValueError, KeyError)) and (
+            text.startswith(_DAMAGE_STATUS) or any(t in text for t in _DAMAGE_TEXT)
+        ):
+            return True
+        e, seen = e.__cause__, seen + 1
+    return False
+
+
+def _restore_step(mngr, step: int, target: dict):
+    restored = mngr.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore())
+    )
+    meta = restored.meta
+    if not isinstance(meta, dict) or "step" not in meta or "seed" not in meta:
+        raise _BadStepMetadata(f"its metadata is {meta!r}, not a sortedjax step record")
+    if int(meta["step"]) != step:
+        raise _BadStepMetadata(f"its metadata says step {meta['step']}")
+    return restored
+
+
 def restore_newest_valid(mngr, target: dict, ckpt_dir: str):
-    """The newest step that restores cleanly: ``(step, restored, [(bad_step, error), ...])``."""
+    """The newest step that restores cleanly: ``(step, restored, [(bad_step, error), ...])``.
+
+    A step whose files are damaged (:func:`is_damage`) is passed over (the caller moves it aside);
+    any other error is raised as it is, with a note naming the step, and nothing is moved."""
     bad = []
     for step in sorted(mngr.all_steps(), reverse=True):
         try:
-            restored = mngr.restore(
-                step,
-                args=ocp.args.Composite(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()),
-            )
-            if int(restored.meta["step"]) != step:
-                raise ValueError(f"its metadata says step {restored.meta['step']}")
-            return step, restored, bad
-        except Exception as e:  # damaged or half-written files: orbax, tensorstore and JSON errors alike
+            return step, _restore_step(mngr, step, target), bad
+        except BaseException as e:
+            if not is_damage(e):
+                e.add_note(
+                    f"while restoring checkpoint step {step} from {ckpt_dir}: this error does not mean the "
+                    f"files are damaged, so the checkpoint was left in place; fix the cause and rerun to resume"
+                    + "".join(f"\n  (step {s} before it did not restore: {summary(b)})" for s, b in bad)
+                )
+                if isinstance(e, Exception):
+                    log.error("restoring checkpoint step %d from %s failed: %s", step, ckpt_dir, summary(e))
+                raise
             bad.append((step, e))
             quiet_failed_reads()
     raise CheckpointError(
@@ -292,3 +365,80 @@ def checkpoint_manager(ckpt_dir: str, cfg: TrainConfig):
             mngr.close()
         except Exception as e:  # never hide the exception that ended training
             log.error("closing the checkpoint manager for %s failed: %s", ckpt_dir, summary(e))
+
+
+# -------------------------------------------------------------------------- preemption
+
+
+class Preempted(SystemExit):
+    """Training stopped on SIGTERM / SIGINT after it finished the current step and saved a
+    checkpoint there; rerunning the same command resumes from it.
+
+    A ``SystemExit`` with status ``128 + signal`` (143 for SIGTERM, 130 for SIGINT): uncaught it
+    ends the program quietly with that status, which a job scheduler or ``tpu_scripts/preempt_loop.sh``
+    reads as "not finished, run again"; ``except Exception`` does not swallow it."""
+
+    def __init__(self, signum: int, step: int, ckpt_dir: str):
+        super().__init__(128 + signum)
+        self.signum, self.step, self.ckpt_dir = signum, step, ckpt_dir
+
+    def __str__(self) -> str:
+        return (
+            f"{signal.Signals(self.signum).name} received: stopped after step {self.step} and saved a checkpoint "
+            f"there in {self.ckpt_dir}; rerun the same command to resume"
+        )
+
+
+class PreemptionWatch:
+    """Notes SIGTERM / SIGINT while training runs; the loop asks :meth:`reached` after every step.
+
+    One process: handlers are installed (main thread only; elsewhere signals keep their old
+    behaviour) and the previous ones restored on exit; a second signal raises
+    ``KeyboardInterrupt`` at once (the loop still saves the finished steps). Several processes:
+    every process must stop at the same step, since orbax saves collectively. JAX's preemption
+    service (started by ``jax.distributed.initialize``) catches SIGTERM itself and
+    ``multihost_utils.reached_preemption_sync_point`` answers True on every process at one agreed
+    step; SIGINT keeps Python's ``KeyboardInterrupt`` there (one process alone cannot tell the
+    others; a Ctrl-C that reaches only some processes needs a kill of the job)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._prev: dict[int, Any] = {}
+        self._sync = False
+
+    def __enter__(self) -> PreemptionWatch:
+        many = jax.process_count() > 1
+        # SIGTERM with a handler from outside Python: JAX's preemption service, which needs the sync point
+        self._sync = many or signal.getsignal(signal.SIGTERM) is None
+        if many or threading.current_thread() is not threading.main_thread():
+            return self
+        for sig in self.SIGNALS:
+            prev = signal.getsignal(sig)
+            if prev is None:  # a handler installed outside Python (JAX's preemption service): leave it alone
+                continue
+            self._prev[sig] = prev
+            signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt(f"a second {signal.Signals(signum).name}")
+        self.signum = signum  # nothing else here: the loop logs and saves between steps
+
+    def __exit__(self, *exc) -> None:
+        for sig, prev in self._prev.items():
+            signal.signal(sig, prev)
+        self._prev.clear()
+
+    def reached(self, step: int) -> bool:
+        """Whether to stop after ``step`` (every process gets the same answer)."""
+        if self._sync:
+            try:
+                if multihost_utils.reached_preemption_sync_point(step):
+                    self.signum = signal.SIGTERM
+            except RuntimeError as e:  # the preemption service is off (jax_enable_preemption_service)
+                log.warning("SIGTERM cannot stop this multi-process run at a checkpoint: %s", e)
+                self._sync = False
+        return self.signum is not None
