@@ -390,6 +390,40 @@ def train_with_hook(workdir, steps, data, on_step):
     return train(SortedMLP(CFG, rngs=nnx.Rngs(0)), _loss, data, cfg, on_step=on_step)
 
 
+@pytest.mark.slow
+def test_sigterm_to_one_process_stops_every_process_at_one_step(tmp_path):
+    """Two CPU processes (tests/multihost_worker.py): SIGTERM reaches process 1 only; JAX's
+    preemption sync point makes both finish the same step, save it collectively and exit 143."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    worker, workdir = os.path.join(ROOT, "tests", "multihost_worker.py"), tmp_path / "run"
+    procs = []
+    for i in range(2):
+        cmd = [sys.executable, worker, "--workdir", str(workdir), "--out", str(tmp_path / "out.npz"), "--steps", "12"]
+        cmd += ["--processes", "2", "--process-id", str(i), "--port", str(port), "--sleep", "0.7"]
+        log = open(tmp_path / f"worker{i}.log", "w+")
+        procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True))
+    try:
+        deadline = time.time() + 300
+        while not (workdir / "checkpoints" / "2").is_dir():
+            assert all(p.poll() is None for p in procs) and time.time() < deadline, "workers stopped or hang"
+            time.sleep(0.1)
+        procs[1].send_signal(signal.SIGTERM)
+        codes = [p.wait(timeout=150) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    logs = [(tmp_path / f"worker{i}.log").read_text() for i in range(2)]
+    assert codes == [128 + signal.SIGTERM] * 2, logs
+    last = max(int(s) for s in os.listdir(workdir / "checkpoints") if s.isdigit())
+    assert 2 < last < 12
+    for log in logs:
+        assert f"SIGTERM received: stopped after step {last} and saved a checkpoint there" in log, log
+    assert not (workdir / workdir_lock.LOCK_FILE).exists()
+
+
 # --------------------------------------------------------------------------- workdir lock
 
 

@@ -2,6 +2,11 @@
 # Keep a job running through preemptions: (re)create the TPU VM when it is gone or PREEMPTED,
 # set it up, run the command on every worker; the experiment resumes from its latest orbax
 # checkpoint in its --workdir (which must outlive the VM: a GCS-fuse or NFS path).
+# On the preemption notice (SIGTERM) every worker finishes one agreed step, saves its checkpoint and
+# exits with status 143 (sortedjax.train.Preempted); any nonzero status here means "run again", and
+# only a zero one (the experiment finished) ends the loop. A run refused because another holds the
+# workdir's train.lock also exits nonzero: the lock of a VM lost without notice goes stale after
+# 2 minutes without heartbeat, so a few retries later the rerun takes it over.
 #
 #   bash tpu_scripts/preempt_loop.sh --name my-v4-32 --zone us-central2-b --type v4-32 \
 #       --repo URL [--max-retries 20] [--dry-run] -- -m experiments.soft --distributed --workdir /mnt/runs/soft ...
