@@ -173,9 +173,12 @@ def ten_steps(tmp_path_factory):
     return root / "ten", _run(root / "twelve", 12, data).model, data
 
 
+def _data_files(step_dir):
+    return [os.path.join(d, f) for d, _, fs in os.walk(step_dir / "state") for f in fs if os.path.basename(d) == "d"]
+
+
 def _largest_data_file(step_dir):
-    files = [os.path.join(d, f) for d, _, fs in os.walk(step_dir / "state") for f in fs if os.path.basename(d) == "d"]
-    return max(files, key=os.path.getsize)
+    return max(_data_files(step_dir), key=os.path.getsize)
 
 
 def _truncate(path, keep):
@@ -194,7 +197,8 @@ def _scramble(path):
 # each raises another error: a tensorstore read error (OUT_OF_RANGE / FAILED_PRECONDITION inside a
 # plain Exception), JSONDecodeError, FileNotFoundError, KeyError of a missing item (runstate.is_damage)
 DAMAGE = {
-    "array data, half written": lambda step: _truncate(_largest_data_file(step), 0.5),
+    # every data file: which bytes one file holds (and whether a restore reads its tail) varies by run
+    "array data, half written": lambda step: [_truncate(f, 0.5) for f in _data_files(step)],
     "array data, corrupted bytes": lambda step: _scramble(_largest_data_file(step)),
     "array metadata JSON, half written": lambda step: _truncate(step / "state" / "_METADATA", 0.5),
     "array metadata file, missing": lambda step: os.remove(step / "state" / "_METADATA"),

@@ -293,17 +293,23 @@ def test_export_peft_from_a_trained_run(tmp_path, capsys):
         export_peft.main(["--workdir", str(run), "--out", str(tmp_path / "o2")])
 
 
+def headless_bert(path, num_hidden_layers: int, **overrides):
+    """A random plain ``BertModel`` checkpoint (no classifier) saved to ``path``, loaded as ours
+    (which warns that the classifier is newly initialised)."""
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(
+        vocab_size=97, hidden_size=32, num_hidden_layers=num_hidden_layers, num_attention_heads=4,
+        intermediate_size=37, max_position_embeddings=40,
+    )  # fmt: skip
+    transformers.BertModel(cfg).eval().save_pretrained(path)
+    with pytest.warns(UserWarning, match="newly initialised"):
+        return encoder.from_pretrained(str(path), **overrides)
+
+
 def test_headless_bert_export_loads_onto_peft_bertmodel_with_equal_outputs(tmp_path):
     """A DyLoRA adapter trained on a plain BertModel checkpoint (e.g. all-MiniLM-L6-v2) is named for
     BertModel (no ``bert.`` prefix, no classifier), so PEFT loads every key onto ``BertModel``."""
-    torch.manual_seed(0)
-    cfg = transformers.BertConfig(
-        vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-        max_position_embeddings=40,
-    )  # fmt: skip
-    transformers.BertModel(cfg).eval().save_pretrained(tmp_path / "base")
-    with pytest.warns(UserWarning, match="newly initialised"):
-        model = encoder.from_pretrained(str(tmp_path / "base"))
+    model = headless_bert(tmp_path / "base", num_hidden_layers=2)
     assert model.hf_descriptor().headless and model.hf_descriptor().layer_prefix == "encoder.layer."
     lora.apply_dylora(model, ["query", "value"], r=4, alpha=8.0, r_min=2)
     randomize_up(model)
@@ -348,14 +354,7 @@ def test_a_fresh_head_left_frozen_by_the_dylora_recipe_is_named(tmp_path):
     from sortedjax import train as sj_train
     from sortedjax.methods import dylora
 
-    torch.manual_seed(0)
-    cfg = transformers.BertConfig(
-        vocab_size=97, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=37,
-        max_position_embeddings=40,
-    )  # fmt: skip
-    transformers.BertModel(cfg).eval().save_pretrained(tmp_path / "base")
-    with pytest.warns(UserWarning, match="newly initialised"):
-        model = encoder.from_pretrained(str(tmp_path / "base"), num_labels=2)
+    model = headless_bert(tmp_path / "base", num_hidden_layers=1, num_labels=2)
     assert model.fresh_modules == ("classifier",)  # BertModel holds the pooler, not the classifier
     lora.apply_dylora(model, ["query"], r=2, alpha=2.0)
     tokens, mask, _ = batch(0, 1)

@@ -12,7 +12,8 @@ from sortedjax.train.batches import ArrayBatches, array_fingerprint
 from sortedjax.train.config import OPTIMIZERS, SCHEDULES, TrainConfig, float32_state, make_optimizer, make_schedule
 from sortedjax.train.lock import WorkdirLocked
 from sortedjax.train.loop import TrainResult, train
-from sortedjax.train.runstate import CheckpointError, Preempted
+from sortedjax.train.preempt import Preempted
+from sortedjax.train.runstate import CheckpointError
 from sortedjax.train.step import LossFn, jit_train_step, make_train_step
 
 __all__ = [

@@ -53,12 +53,14 @@ from flax import nnx
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
+import sortedjax.train.preempt as preempt
 import sortedjax.train.runstate as rs
 from sortedjax import sharding as shd
 from sortedjax.train.batches import ArrayBatches, array_fingerprint  # noqa: F401 - re-exported
 from sortedjax.train.config import OPTIMIZERS, SCHEDULES, TrainConfig, make_optimizer, make_schedule  # noqa: F401
 from sortedjax.train.lock import WorkdirLocked, workdir_lock  # noqa: F401 - WorkdirLocked re-exported
-from sortedjax.train.runstate import CheckpointError, Preempted  # noqa: F401 - re-exported
+from sortedjax.train.preempt import Preempted  # noqa: F401 - re-exported
+from sortedjax.train.runstate import CheckpointError  # noqa: F401 - re-exported
 from sortedjax.train.step import (  # noqa: F401 - LossFn, make_train_step re-exported
     LossFn,
     init_opt_state,
@@ -189,17 +191,17 @@ class _Metrics:
                 self.on_step(step, row)
 
 
-def _preempted(watch: rs.PreemptionWatch, step: int, mngr) -> rs.Preempted:
+def _preempted(watch: preempt.PreemptionWatch, step: int, mngr) -> preempt.Preempted:
     """The checkpoint of ``step`` is saved: wait until it is committed and say so."""
     mngr.wait_until_finished()
-    err = rs.Preempted(watch.signum, step, str(mngr.directory))
+    err = preempt.Preempted(watch.signum, step, str(mngr.directory))
     log.warning("%s", err)
     return err
 
 
 def _run_steps(jstep, carry: _Carry, data, cfg: TrainConfig, mesh, mngr, metrics: _Metrics, start: int, watch) -> int:
     """Steps ``start..cfg.steps``, checkpointing on schedule, at the end, on KeyboardInterrupt and
-    after the step a SIGTERM / SIGINT arrived in (then :class:`rs.Preempted` is raised)."""
+    after the step a SIGTERM / SIGINT arrived in (then :class:`preempt.Preempted` is raised)."""
     base_key = jax.random.PRNGKey(cfg.seed)
     pending: tuple[int, Any] | None = None
     step = start
@@ -252,8 +254,7 @@ def warn_frozen_fresh(model, params) -> None:
     if frozen:
         warnings.warn(
             f"{frozen} were newly initialised (not in the checkpoint) but the trainable filter leaves them frozen, "
-            f"so they stay random; train them too, e.g. trainable=sortedjax.methods.dylora.trainable("
-            f"nnx.Any(*(nnx.PathContains(m) for m in {frozen})))",
+            f"so they stay random; train them too, e.g. trainable=nnx.Any(LoRAParam, nnx.PathContains({frozen[0]!r}))",
             stacklevel=3,
         )
 
@@ -322,7 +323,7 @@ def train(
         state, rest = jax.device_put(state, shardings.state), jax.device_put(rest, shardings.rest)
     carry = _Carry(params, init_opt_state(tx, params, shardings), state, rest)
     record = rs.run_record(cfg, run_config, params, join_state(state, rest), data)
-    with workdir_lock(cfg.workdir), rs.PreemptionWatch() as watch:
+    with workdir_lock(cfg.workdir), preempt.PreemptionWatch() as watch:
         if restart:
             rs.start_over(cfg.workdir)
             rs.sync("sortedjax_train_restart")
